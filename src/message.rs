@@ -146,7 +146,10 @@ pod_primitive!(u8, u16, u32, u64, u128, usize, i8, i16, i32, i64, i128, isize, f
 // size is a multiple of their alignment) and no other bytes.
 unsafe impl<T: Pod, const N: usize> Pod for [T; N] {
     const SCHEMA_FINGERPRINT: u64 = fingerprint::u64(
-        fingerprint::str(fingerprint::u64(fingerprint::SEED, T::SCHEMA_FINGERPRINT), "[;]"),
+        fingerprint::str(
+            fingerprint::u64(fingerprint::SEED, T::SCHEMA_FINGERPRINT),
+            "[;]",
+        ),
         N as u64,
     );
 }
@@ -316,14 +319,8 @@ mod tests {
     fn primitive_fingerprints_differ() {
         assert_ne!(u32::SCHEMA_FINGERPRINT, i32::SCHEMA_FINGERPRINT);
         assert_ne!(u32::SCHEMA_FINGERPRINT, f32::SCHEMA_FINGERPRINT);
-        assert_ne!(
-            <[u8; 8]>::SCHEMA_FINGERPRINT,
-            <[u8; 9]>::SCHEMA_FINGERPRINT
-        );
-        assert_ne!(
-            <[u8; 8]>::SCHEMA_FINGERPRINT,
-            <[i8; 8]>::SCHEMA_FINGERPRINT
-        );
+        assert_ne!(<[u8; 8]>::SCHEMA_FINGERPRINT, <[u8; 9]>::SCHEMA_FINGERPRINT);
+        assert_ne!(<[u8; 8]>::SCHEMA_FINGERPRINT, <[i8; 8]>::SCHEMA_FINGERPRINT);
     }
 
     #[test]

@@ -1,0 +1,245 @@
+//! Typed channel handles: the public [`Sender`] and [`Receiver`] on top of the ring.
+//!
+//! This module owns the blocking policy (spin, then sleep on the futex in slices, checking
+//! that the peer is alive between slices) and the typed view of slots.
+
+mod receiver;
+mod sender;
+
+pub use receiver::{Iter, Receiver, Sample, TryIter};
+pub use sender::{Loan, Sender};
+
+use std::cell::Cell;
+use std::time::{Duration, Instant};
+
+use crate::error::{CorruptError, OpenError, TypeDesc};
+use crate::message::{Encoding, Message};
+use crate::name;
+use crate::options::Options;
+use crate::ring::{self, wait, Corruption, Peers};
+use crate::segment::layout::Geometry;
+use crate::segment::posix::{OpenMode, PosixSegment, SegmentError, Spec};
+use crate::segment::{Memory, Role};
+
+/// While asleep, a blocked call wakes up this often to check that its peer is still alive,
+/// which bounds how long a SIGKILLed peer goes unnoticed.
+pub(crate) const LIVENESS_SLICE: Duration = Duration::from_millis(10);
+/// A non-blocking call that finds the ring empty/full checks liveness at most this often.
+const TRY_LIVENESS_INTERVAL: Duration = Duration::from_millis(1);
+
+/// How a blocking operation ended without a result.
+pub(crate) enum Blocked {
+    Timeout,
+    Disconnected,
+    Corrupt(CorruptError),
+}
+
+impl From<Corruption> for CorruptError {
+    fn from(c: Corruption) -> Self {
+        CorruptError { reason: c.0 }
+    }
+}
+
+/// One end of a channel: the segment, our participant entry, and the blocking machinery.
+pub(crate) struct End {
+    pub(crate) seg: PosixSegment,
+    pub(crate) role: Role,
+    pub(crate) index: u32,
+    name: String,
+    spin: Duration,
+    last_liveness: Cell<Instant>,
+}
+
+impl End {
+    pub(crate) fn open<T: Message>(
+        name: &str,
+        options: &Options,
+        mode: OpenMode,
+        role: Role,
+    ) -> Result<End, OpenError> {
+        let object = name::object_name(&options.prefix, name)?;
+        let info = T::INFO;
+        let invalid = |reason: String| OpenError::InvalidOptions {
+            name: name.to_owned(),
+            reason,
+        };
+        let (msg_size, msg_align, max_message) = match info.encoding {
+            Encoding::ZeroCopy => (info.size as u32, info.align as u64, info.size as u64),
+            Encoding::Postcard => (0, 8, options.max_message_size as u64),
+        };
+        if options.capacity == 0 {
+            return Err(invalid("capacity must be at least 1".into()));
+        }
+        let capacity = (options.capacity as u64)
+            .checked_next_power_of_two()
+            .ok_or_else(|| invalid(format!("capacity {} is too large", options.capacity)))?;
+        let geometry = Geometry::new(capacity, max_message, msg_align, 1, 1).map_err(invalid)?;
+        let spec = Spec {
+            type_name: info.name,
+            fingerprint: info.fingerprint,
+            encoding: info.encoding as u32,
+            msg_size,
+            msg_align: msg_align as u32,
+            geometry,
+            file_mode: options.file_mode,
+        };
+        // Register for asymmetric barriers before touching the ring (see ring::wait).
+        crate::sys::membarrier::available();
+        let mut seg = PosixSegment::open(&object, &spec, mode).map_err(|e| match e {
+            SegmentError::NotFound => OpenError::NotFound {
+                name: name.to_owned(),
+                object: object.clone(),
+            },
+            SegmentError::AlreadyExists => OpenError::AlreadyExists {
+                name: name.to_owned(),
+            },
+            SegmentError::TypeMismatch {
+                found_name,
+                found_fingerprint,
+                found_encoding,
+            } => OpenError::TypeMismatch {
+                name: name.to_owned(),
+                expected: TypeDesc {
+                    name: info.name.to_owned(),
+                    encoding: info.encoding.name(),
+                    fingerprint: info.fingerprint,
+                },
+                found: TypeDesc {
+                    name: found_name,
+                    encoding: Encoding::from_u32(found_encoding).map_or("unknown", Encoding::name),
+                    fingerprint: found_fingerprint,
+                },
+            },
+            SegmentError::Corrupt(reason) => OpenError::Corrupt {
+                name: name.to_owned(),
+                reason,
+            },
+            SegmentError::NoSpace(source) => OpenError::NoSpace {
+                name: name.to_owned(),
+                bytes: geometry.total_size,
+                source,
+            },
+            SegmentError::Io(op, source) => OpenError::Io {
+                name: name.to_owned(),
+                op,
+                source,
+            },
+        })?;
+        let io_err = |op| {
+            move |source| OpenError::Io {
+                name: name.to_owned(),
+                op,
+                source,
+            }
+        };
+        if seg.left_behind() {
+            ring::recover_left_behind(&seg);
+            seg.share().map_err(io_err("lock"))?;
+        }
+        let index = ring::attach(&seg, role)
+            .map_err(io_err("lock"))?
+            .ok_or_else(|| OpenError::TooManyParticipants {
+                name: name.to_owned(),
+                role: role.name(),
+                max: match role {
+                    Role::Sender => seg.geometry().max_senders,
+                    Role::Receiver => seg.geometry().max_receivers,
+                },
+            })?;
+        Ok(End {
+            seg,
+            role,
+            index,
+            name: name.to_owned(),
+            spin: options.spin,
+            last_liveness: Cell::new(Instant::now()),
+        })
+    }
+
+    pub(crate) fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The state of the other side, from shared state only (no system call).
+    #[inline]
+    pub(crate) fn peers_fast(&self) -> Peers {
+        ring::peers(&self.seg, ring::other(self.role), false)
+    }
+
+    /// The state of the other side, checking at most every millisecond whether an
+    /// "attached" peer is really alive (for non-blocking calls that found nothing to do).
+    pub(crate) fn peers_rate_limited(&self) -> Peers {
+        let now = Instant::now();
+        let check = now.duration_since(self.last_liveness.get()) >= TRY_LIVENESS_INTERVAL;
+        if check {
+            self.last_liveness.set(now);
+        }
+        ring::peers(&self.seg, ring::other(self.role), check)
+    }
+
+    /// Runs `poll` until it yields a value: spinning for the configured time, then sleeping
+    /// on the futex in slices, checking between slices that the peer is alive. `gone` says
+    /// what to do when the peer is gone: give up (`Disconnected`) after one last poll.
+    pub(crate) fn block<R>(
+        &self,
+        deadline: Option<Instant>,
+        mut poll: impl FnMut() -> Result<Option<R>, Corruption>,
+    ) -> Result<R, Blocked> {
+        let corrupt = |c: Corruption| Blocked::Corrupt(c.into());
+        let start = Instant::now();
+        let mut spins: u32 = 0;
+        let control = self.seg.control();
+        let cell = ring::sleeps_on(&self.seg, self.role);
+        loop {
+            if let Some(r) = poll().map_err(corrupt)? {
+                return Ok(r);
+            }
+            if self.peers_fast() == Peers::Gone {
+                // One last look: anything committed before the peer left is visible now.
+                return poll().map_err(corrupt)?.ok_or(Blocked::Disconnected);
+            }
+            spins = spins.wrapping_add(1);
+            if spins % 64 != 0 {
+                crate::sync::spin_hint();
+                continue;
+            }
+            let now = Instant::now();
+            if deadline.is_some_and(|d| now >= d) {
+                return Err(Blocked::Timeout);
+            }
+            if now.duration_since(start) < self.spin {
+                crate::sync::spin_hint();
+                continue;
+            }
+            // Slow path: announce, re-check, sleep.
+            let ticket = wait::prepare(control, cell, self.index);
+            let ready = poll();
+            if !matches!(ready, Ok(None)) {
+                wait::finish(cell, self.index);
+                return ready.map_err(corrupt)?.ok_or(Blocked::Disconnected);
+            }
+            if ring::peers(&self.seg, ring::other(self.role), true) == Peers::Gone {
+                wait::finish(cell, self.index);
+                return poll().map_err(corrupt)?.ok_or(Blocked::Disconnected);
+            }
+            let mut slice = LIVENESS_SLICE;
+            if let Some(d) = deadline {
+                slice = slice.min(d.saturating_duration_since(Instant::now()));
+            }
+            wait::sleep(cell, ticket, slice);
+            wait::finish(cell, self.index);
+        }
+    }
+}
+
+impl Drop for End {
+    fn drop(&mut self) {
+        ring::detach(&self.seg, self.role, self.index);
+    }
+}
+
+/// Turns an optional timeout into a deadline (`None`: wait forever; an overflowing timeout
+/// is treated as forever).
+pub(crate) fn deadline_after(timeout: Duration) -> Option<Instant> {
+    Instant::now().checked_add(timeout)
+}

@@ -1,0 +1,347 @@
+//! The receiving end.
+
+use std::marker::PhantomData;
+use std::mem::ManuallyDrop;
+use std::ops::Deref;
+use std::ptr::NonNull;
+use std::time::{Duration, Instant};
+
+use super::{deadline_after, Blocked, End};
+use crate::error::{OpenError, RecvError, RecvTimeoutError, TryRecvError};
+use crate::message::{DecodeError, Encoding, Message};
+use crate::options::Options;
+use crate::ring::{Consumer, Peers, Take};
+use crate::segment::posix::OpenMode;
+use crate::segment::{Memory, Role};
+
+/// The receiving end of a channel.
+///
+/// A channel has one receiver at a time (in any process). Zero-copy messages are read where
+/// they lie in shared memory: [`recv`](Self::recv) returns a [`Sample`] that borrows the slot
+/// and frees it when dropped. Serialized messages are decoded into a [`Sample`] that owns
+/// the value.
+///
+/// # Examples
+///
+/// ```no_run
+/// #[derive(shmbus::Message, Clone, Copy, Debug)]
+/// #[repr(C)]
+/// struct Tick { seq: u64, price: f64, venue: [u8; 8] }
+///
+/// let rx = shmbus::Receiver::<Tick>::open_or_create("ticks", &Default::default())?;
+/// let tick = rx.recv()?;               // borrows the message in shared memory
+/// println!("{} at {}", tick.seq, tick.price);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+pub struct Receiver<T: Message> {
+    end: End,
+    consumer: Consumer,
+    _type: PhantomData<fn() -> T>,
+}
+
+/// What one attempt to take a message found.
+enum Got {
+    Slot { pos: u64, len: u32 },
+}
+
+impl<T: Message> Receiver<T> {
+    /// Opens the channel `name`, creating it if it does not exist.
+    ///
+    /// # Errors
+    ///
+    /// [`OpenError`]: an invalid name or options, a channel of another type, a corrupt
+    /// segment, a channel that already has a receiver, no room in `/dev/shm`, or a failed
+    /// system call.
+    pub fn open_or_create(name: &str, options: &Options) -> Result<Self, OpenError> {
+        Self::with_mode(name, options, OpenMode::OpenOrCreate)
+    }
+
+    /// Creates the channel `name`; fails with [`OpenError::AlreadyExists`] if it exists.
+    ///
+    /// # Errors
+    ///
+    /// As for [`open_or_create`](Self::open_or_create).
+    pub fn create(name: &str, options: &Options) -> Result<Self, OpenError> {
+        Self::with_mode(name, options, OpenMode::Create)
+    }
+
+    /// Opens the existing channel `name`; fails with [`OpenError::NotFound`] if there is none.
+    ///
+    /// # Errors
+    ///
+    /// As for [`open_or_create`](Self::open_or_create).
+    pub fn open(name: &str, options: &Options) -> Result<Self, OpenError> {
+        Self::with_mode(name, options, OpenMode::Open)
+    }
+
+    fn with_mode(name: &str, options: &Options, mode: OpenMode) -> Result<Self, OpenError> {
+        let end = End::open::<T>(name, options, mode, Role::Receiver)?;
+        let consumer = Consumer::new(&end.seg);
+        Ok(Receiver {
+            end,
+            consumer,
+            _type: PhantomData,
+        })
+    }
+
+    /// The channel's name.
+    pub fn name(&self) -> &str {
+        self.end.name()
+    }
+
+    /// Number of slots.
+    pub fn capacity(&self) -> usize {
+        self.end.seg.geometry().capacity as usize
+    }
+
+    /// Whether a sender is attached (as far as shared memory says).
+    pub fn is_connected(&self) -> bool {
+        self.end.peers_fast() == Peers::Attached
+    }
+
+    fn poll(&self) -> Result<Option<Got>, crate::ring::Corruption> {
+        Ok(match self.consumer.try_take(&self.end.seg)? {
+            Take::Ready { pos, len } => Some(Got::Slot { pos, len }),
+            Take::Empty => None,
+        })
+    }
+
+    /// Turns a taken slot into a sample.
+    fn sample(&self, pos: u64, len: u32) -> Result<Sample<'_, T>, DecodeError> {
+        let mem = &self.end.seg;
+        let payload = mem.payload(pos);
+        match T::INFO.encoding {
+            Encoding::ZeroCopy => {
+                if len as usize != size_of::<T>() {
+                    self.consumer.release(mem, pos);
+                    return Err(DecodeError::Length {
+                        ty: T::INFO.name,
+                        expected: size_of::<T>(),
+                        found: len as usize,
+                    });
+                }
+                debug_assert!((payload as usize) % align_of::<T>() == 0);
+                Ok(Sample {
+                    inner: Inner::InPlace {
+                        rx: self,
+                        pos,
+                        ptr: NonNull::new(payload.cast::<T>()).expect("mapping is not null"),
+                    },
+                })
+            }
+            _ => {
+                // SAFETY: `len <= max_message` (checked by the ring), so the bytes lie inside
+                // the slot's payload, which we own until we release it below.
+                let bytes = unsafe { std::slice::from_raw_parts(payload, len as usize) };
+                let value = T::__decode(bytes);
+                self.consumer.release(mem, pos);
+                Ok(Sample {
+                    inner: Inner::Owned(value?),
+                })
+            }
+        }
+    }
+
+    /// Receives a message, waiting until one arrives.
+    ///
+    /// # Errors
+    ///
+    /// [`RecvError::Disconnected`] once the sender has left or died and every message it
+    /// committed has been received; [`RecvError::Decode`] for a message that cannot be
+    /// decoded (it is dropped, the channel goes on); [`RecvError::Corrupt`] if the channel
+    /// memory was corrupted.
+    pub fn recv(&self) -> Result<Sample<'_, T>, RecvError> {
+        let got = match self.poll() {
+            Ok(Some(g)) => g,
+            Ok(None) => self.end.block(None, || self.poll()).map_err(|b| match b {
+                Blocked::Corrupt(c) => RecvError::Corrupt(c),
+                _ => RecvError::Disconnected,
+            })?,
+            Err(c) => return Err(RecvError::Corrupt(c.into())),
+        };
+        let Got::Slot { pos, len } = got;
+        Ok(self.sample(pos, len)?)
+    }
+
+    /// Receives a message if one is waiting.
+    ///
+    /// # Errors
+    ///
+    /// [`TryRecvError::Empty`] if none is; otherwise as for [`recv`](Self::recv).
+    pub fn try_recv(&self) -> Result<Sample<'_, T>, TryRecvError> {
+        match self.poll() {
+            Ok(Some(Got::Slot { pos, len })) => Ok(self.sample(pos, len)?),
+            Ok(None) => match self.end.peers_rate_limited() {
+                Peers::Gone => match self.poll() {
+                    Ok(Some(Got::Slot { pos, len })) => Ok(self.sample(pos, len)?),
+                    Ok(None) => Err(TryRecvError::Disconnected),
+                    Err(c) => Err(TryRecvError::Corrupt(c.into())),
+                },
+                _ => Err(TryRecvError::Empty),
+            },
+            Err(c) => Err(TryRecvError::Corrupt(c.into())),
+        }
+    }
+
+    /// Receives a message, waiting at most `timeout`.
+    ///
+    /// # Errors
+    ///
+    /// [`RecvTimeoutError::Timeout`] if none arrived in time; otherwise as for
+    /// [`recv`](Self::recv).
+    pub fn recv_timeout(&self, timeout: Duration) -> Result<Sample<'_, T>, RecvTimeoutError> {
+        self.recv_deadline_inner(deadline_after(timeout))
+    }
+
+    /// Receives a message, waiting at most until `deadline`.
+    ///
+    /// # Errors
+    ///
+    /// As for [`recv_timeout`](Self::recv_timeout).
+    pub fn recv_deadline(&self, deadline: Instant) -> Result<Sample<'_, T>, RecvTimeoutError> {
+        self.recv_deadline_inner(Some(deadline))
+    }
+
+    fn recv_deadline_inner(
+        &self,
+        deadline: Option<Instant>,
+    ) -> Result<Sample<'_, T>, RecvTimeoutError> {
+        let got = match self.poll() {
+            Ok(Some(g)) => g,
+            Ok(None) => self
+                .end
+                .block(deadline, || self.poll())
+                .map_err(|b| match b {
+                    Blocked::Corrupt(c) => RecvTimeoutError::Corrupt(c),
+                    Blocked::Timeout => RecvTimeoutError::Timeout,
+                    Blocked::Disconnected => RecvTimeoutError::Disconnected,
+                })?,
+            Err(c) => return Err(RecvTimeoutError::Corrupt(c.into())),
+        };
+        let Got::Slot { pos, len } = got;
+        Ok(self.sample(pos, len)?)
+    }
+
+    /// A blocking iterator over owned messages; it ends when the sender is gone and the
+    /// channel is drained (or on an error, which it does not report: use `recv` for that).
+    pub fn iter(&self) -> Iter<'_, T> {
+        Iter { rx: self }
+    }
+
+    /// A non-blocking iterator over the messages waiting now.
+    pub fn try_iter(&self) -> TryIter<'_, T> {
+        TryIter { rx: self }
+    }
+}
+
+/// Blocking iterator returned by [`Receiver::iter`].
+pub struct Iter<'a, T: Message> {
+    rx: &'a Receiver<T>,
+}
+
+impl<T: Message> Iterator for Iter<'_, T> {
+    type Item = T;
+    fn next(&mut self) -> Option<T> {
+        self.rx.recv().ok().map(Sample::into_inner)
+    }
+}
+
+/// Non-blocking iterator returned by [`Receiver::try_iter`].
+pub struct TryIter<'a, T: Message> {
+    rx: &'a Receiver<T>,
+}
+
+impl<T: Message> Iterator for TryIter<'_, T> {
+    type Item = T;
+    fn next(&mut self) -> Option<T> {
+        self.rx.try_recv().ok().map(Sample::into_inner)
+    }
+}
+
+/// A received message.
+///
+/// For a zero-copy message it is a view of the slot in shared memory, freed for the sender
+/// when the sample is dropped; hold it only as long as needed, since the sender cannot reuse
+/// the slot (nor any slot after it) meanwhile. For a serialized message it owns the decoded
+/// value. Either way it dereferences to `T`, and [`into_inner`](Sample::into_inner) gives
+/// the value.
+///
+/// # Trust
+///
+/// The slot is shared memory: a process that is not following the protocol could write it
+/// while the sample is alive. Every bit pattern is a valid zero-copy message, so this can
+/// produce odd values, never an invalid one.
+pub struct Sample<'a, T: Message> {
+    inner: Inner<'a, T>,
+}
+
+enum Inner<'a, T: Message> {
+    InPlace {
+        rx: &'a Receiver<T>,
+        pos: u64,
+        ptr: NonNull<T>,
+    },
+    Owned(T),
+}
+
+impl<T: Message> Sample<'_, T> {
+    /// The message by value (a copy out of shared memory for zero-copy messages).
+    pub fn into_inner(self) -> T {
+        let this = ManuallyDrop::new(self);
+        match &this.inner {
+            Inner::InPlace { rx, pos, ptr } => {
+                // SAFETY: zero-copy messages are `Pod` (the `Message` contract): reading the
+                // slot's bytes produces a valid, independent `T`. The slot stays ours until
+                // the release below.
+                let value = unsafe { ptr.as_ptr().read() };
+                rx.consumer.release(&rx.end.seg, *pos);
+                value
+            }
+            // SAFETY: `this` is never used or dropped again, so moving the value out leaves
+            // no second owner.
+            Inner::Owned(v) => unsafe { std::ptr::read(v) },
+        }
+    }
+
+    /// Whether the message is read in place in shared memory (zero-copy).
+    pub fn is_in_place(&self) -> bool {
+        matches!(self.inner, Inner::InPlace { .. })
+    }
+}
+
+impl<T: Message> Deref for Sample<'_, T> {
+    type Target = T;
+    fn deref(&self) -> &T {
+        match &self.inner {
+            // SAFETY: the slot is aligned for `T`, holds `size_of::<T>()` committed bytes
+            // (checked when taken) and stays ours until this sample is dropped; `T` is `Pod`,
+            // so any bytes are a valid `T`, and it has no interior mutability.
+            Inner::InPlace { ptr, .. } => unsafe { ptr.as_ref() },
+            Inner::Owned(v) => v,
+        }
+    }
+}
+
+impl<T: Message> Drop for Sample<'_, T> {
+    fn drop(&mut self) {
+        if let Inner::InPlace { rx, pos, .. } = &self.inner {
+            rx.consumer.release(&rx.end.seg, *pos);
+        }
+    }
+}
+
+impl<T: Message + std::fmt::Debug> std::fmt::Debug for Sample<'_, T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        (**self).fmt(f)
+    }
+}
+
+impl<T: Message> std::fmt::Debug for Receiver<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Receiver")
+            .field("name", &self.name())
+            .field("type", &T::INFO.name)
+            .field("capacity", &self.capacity())
+            .finish()
+    }
+}

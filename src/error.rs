@@ -1,0 +1,285 @@
+//! Error types. Send errors hand the message back (`into_inner`), as in crossbeam-channel.
+
+use std::fmt;
+use std::io;
+
+use crate::message::{DecodeError, EncodeError};
+
+/// The shared segment holds something the protocol does not allow: another process wrote
+/// garbage into it. The channel refuses to act on it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("channel memory is corrupt: {reason}")]
+pub struct CorruptError {
+    pub(crate) reason: String,
+}
+
+/// A type as recorded by a channel: name, encoding and fingerprint.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TypeDesc {
+    /// The declared type name.
+    pub name: String,
+    /// `"zero-copy"`, `"postcard"`, or `"unknown"`.
+    pub encoding: &'static str,
+    /// The type fingerprint.
+    pub fingerprint: u64,
+}
+
+impl fmt::Display for TypeDesc {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "`{}` ({}, fingerprint {:016x})",
+            self.name, self.encoding, self.fingerprint
+        )
+    }
+}
+
+/// Why a channel could not be opened or created.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum OpenError {
+    /// The name (or prefix) is not acceptable.
+    #[error("invalid channel name {name:?}: {reason}")]
+    InvalidName {
+        /// The rejected name.
+        name: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// The options cannot describe a channel.
+    #[error("invalid options for channel {name:?}: {reason}")]
+    InvalidOptions {
+        /// The channel.
+        name: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// `open` found no channel of that name.
+    #[error("channel {name:?} does not exist (no /dev/shm/{object})")]
+    NotFound {
+        /// The channel.
+        name: String,
+        /// The shared-memory object looked for.
+        object: String,
+    },
+    /// `create` found a channel of that name in use.
+    #[error("channel {name:?} already exists")]
+    AlreadyExists {
+        /// The channel.
+        name: String,
+    },
+    /// The channel carries another message type.
+    #[error("channel {name:?} carries {found}, but this handle is for {expected}")]
+    TypeMismatch {
+        /// The channel.
+        name: String,
+        /// This handle's type.
+        expected: TypeDesc,
+        /// The channel's type.
+        found: TypeDesc,
+    },
+    /// The segment's header is invalid or does not fit the file.
+    #[error("channel {name:?} is corrupt: {reason}")]
+    Corrupt {
+        /// The channel.
+        name: String,
+        /// What failed validation.
+        reason: String,
+    },
+    /// Every sender (or receiver) entry of the channel is taken.
+    #[error("channel {name:?} already has its maximum of {max} {role}(s)")]
+    TooManyParticipants {
+        /// The channel.
+        name: String,
+        /// `"sender"` or `"receiver"`.
+        role: &'static str,
+        /// The channel's limit.
+        max: u32,
+    },
+    /// `/dev/shm` has no room for the segment.
+    #[error("no room in /dev/shm for channel {name:?} ({bytes} bytes): {source}")]
+    NoSpace {
+        /// The channel.
+        name: String,
+        /// The segment size.
+        bytes: u64,
+        /// The system error.
+        source: io::Error,
+    },
+    /// A system call failed.
+    #[error("{op} failed for channel {name:?}: {source}")]
+    Io {
+        /// The channel.
+        name: String,
+        /// The operation.
+        op: &'static str,
+        /// The system error.
+        source: io::Error,
+    },
+}
+
+macro_rules! generic_error {
+    (
+        $(#[$meta:meta])*
+        pub enum $name:ident<T> {
+            $( $(#[$vmeta:meta])* $variant:ident $( ( $($field:ty),* ) )? => $msg:literal ),* $(,)?
+        }
+    ) => {
+        $(#[$meta])*
+        #[non_exhaustive]
+        pub enum $name<T> {
+            $( $(#[$vmeta])* $variant(T $(, $($field),*)?), )*
+        }
+
+        impl<T> $name<T> {
+            /// The message that was not sent.
+            pub fn into_inner(self) -> T {
+                match self {
+                    $( generic_error!(@pat $name $variant msg $( $($field),* )?) => msg, )*
+                }
+            }
+        }
+
+        impl<T> fmt::Debug for $name<T> {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                write!(f, "{}(..)", match self { $( $name::$variant(..) => stringify!($variant), )* })?;
+                if let Some(detail) = self.detail() {
+                    write!(f, ": {detail}")?;
+                }
+                Ok(())
+            }
+        }
+
+        impl<T> fmt::Display for $name<T> {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                let msg = match self { $( $name::$variant(..) => $msg, )* };
+                f.write_str(msg)?;
+                if let Some(detail) = self.detail() {
+                    write!(f, ": {detail}")?;
+                }
+                Ok(())
+            }
+        }
+
+        impl<T> std::error::Error for $name<T> {}
+    };
+    (@pat $name:ident $variant:ident $msg:ident) => { $name::$variant($msg) };
+    (@pat $name:ident $variant:ident $msg:ident $($field:ty),+) => { $name::$variant($msg, ..) };
+}
+
+generic_error! {
+    /// Why a blocking send (or loan) failed.
+    pub enum SendError<T> {
+        /// The receiver left or died; no one will read the message.
+        Disconnected => "sending on a channel whose receiver is gone",
+        /// The message could not be encoded into a slot (too large, or refused by serde).
+        Encode(EncodeError) => "cannot encode message",
+        /// The channel memory is corrupt.
+        Corrupt(CorruptError) => "channel memory is corrupt",
+    }
+}
+
+generic_error! {
+    /// Why a non-blocking send (or loan) failed.
+    pub enum TrySendError<T> {
+        /// The ring is full.
+        Full => "sending on a full channel",
+        /// The receiver left or died; no one will read the message.
+        Disconnected => "sending on a channel whose receiver is gone",
+        /// The message could not be encoded into a slot.
+        Encode(EncodeError) => "cannot encode message",
+        /// The channel memory is corrupt.
+        Corrupt(CorruptError) => "channel memory is corrupt",
+    }
+}
+
+generic_error! {
+    /// Why a send (or loan) with a timeout failed.
+    pub enum SendTimeoutError<T> {
+        /// The ring stayed full until the timeout.
+        Timeout => "timed out sending on a full channel",
+        /// The receiver left or died; no one will read the message.
+        Disconnected => "sending on a channel whose receiver is gone",
+        /// The message could not be encoded into a slot.
+        Encode(EncodeError) => "cannot encode message",
+        /// The channel memory is corrupt.
+        Corrupt(CorruptError) => "channel memory is corrupt",
+    }
+}
+
+macro_rules! detail_impl {
+    ($($name:ident),*) => {$(
+        impl<T> $name<T> {
+            fn detail(&self) -> Option<String> {
+                #[allow(unreachable_patterns)]
+                match self {
+                    $name::Encode(_, e) => Some(e.to_string()),
+                    $name::Corrupt(_, e) => Some(e.reason.clone()),
+                    _ => None,
+                }
+            }
+        }
+    )*};
+}
+detail_impl!(SendError, TrySendError, SendTimeoutError);
+
+impl<T> From<SendError<T>> for SendTimeoutError<T> {
+    fn from(e: SendError<T>) -> Self {
+        match e {
+            SendError::Disconnected(m) => SendTimeoutError::Disconnected(m),
+            SendError::Encode(m, e) => SendTimeoutError::Encode(m, e),
+            SendError::Corrupt(m, e) => SendTimeoutError::Corrupt(m, e),
+        }
+    }
+}
+
+/// Why a blocking receive failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum RecvError {
+    /// Every sender left or died and every committed message has been received.
+    #[error("receiving on an empty channel whose senders are gone")]
+    Disconnected,
+    /// A message could not be decoded (it was dropped; the channel goes on).
+    #[error(transparent)]
+    Decode(#[from] DecodeError),
+    /// The channel memory is corrupt.
+    #[error(transparent)]
+    Corrupt(#[from] CorruptError),
+}
+
+/// Why a non-blocking receive failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum TryRecvError {
+    /// No message is waiting.
+    #[error("receiving on an empty channel")]
+    Empty,
+    /// Every sender left or died and every committed message has been received.
+    #[error("receiving on an empty channel whose senders are gone")]
+    Disconnected,
+    /// A message could not be decoded (it was dropped; the channel goes on).
+    #[error(transparent)]
+    Decode(#[from] DecodeError),
+    /// The channel memory is corrupt.
+    #[error(transparent)]
+    Corrupt(#[from] CorruptError),
+}
+
+/// Why a receive with a timeout failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum RecvTimeoutError {
+    /// No message arrived before the timeout.
+    #[error("timed out receiving on an empty channel")]
+    Timeout,
+    /// Every sender left or died and every committed message has been received.
+    #[error("receiving on an empty channel whose senders are gone")]
+    Disconnected,
+    /// A message could not be decoded (it was dropped; the channel goes on).
+    #[error(transparent)]
+    Decode(#[from] DecodeError),
+    /// The channel memory is corrupt.
+    #[error(transparent)]
+    Corrupt(#[from] CorruptError),
+}

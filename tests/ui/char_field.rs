@@ -1,0 +1,8 @@
+#[derive(shmbus::Message, Clone, Copy)]
+#[repr(C)]
+struct Key {
+    code: u32,
+    letter: char,
+}
+
+fn main() {}
