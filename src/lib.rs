@@ -1,4 +1,83 @@
-//! shmbus: typed, zero-copy message channels between Linux processes.
+//! Typed, zero-copy message channels between Linux processes.
+//!
+//! A channel is a named lock-free ring in POSIX shared memory (`/dev/shm`). A [`Sender`]
+//! writes messages into it, in place or by value; a [`Receiver`] reads them where they lie.
+//! Either side may start first, in any process.
+//!
+//! ```
+//! #[derive(shmbus::Message, Clone, Copy, Debug, PartialEq)]
+//! #[repr(C)]
+//! struct Tick { seq: u64, price: f64, venue: [u8; 8] }
+//!
+//! # let name = format!("doc-hello-{}", std::process::id());
+//! // In one process (here: the same one, for the sake of a runnable example)...
+//! let tx = shmbus::Sender::<Tick>::open_or_create(&name, shmbus::Options::new().capacity(64))?;
+//! let mut slot = tx.loan()?;                 // a slot in shared memory
+//! *slot = Tick { seq: 1, price: 2.5, venue: *b"XNAS\0\0\0\0" };
+//! slot.send();                               // now visible to the receiver
+//! tx.send(Tick { seq: 2, price: 2.75, venue: *b"XNAS\0\0\0\0" })?;
+//!
+//! // ...and in another.
+//! let rx = shmbus::Receiver::<Tick>::open_or_create(&name, &Default::default())?;
+//! let first = rx.recv()?;                    // read in place, freed when dropped
+//! assert_eq!((first.seq, first.price), (1, 2.5));
+//! drop(first);
+//! assert_eq!(rx.recv()?.into_inner().seq, 2);
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
+//! # Messages
+//!
+//! `#[derive(shmbus::Message)]` is all a message type needs:
+//!
+//! * a `#[repr(C)]` struct of integers, floats, fixed arrays and nested such structs, with no
+//!   padding, travels **zero-copy**: [`Sender::loan`] hands out the slot to write in place
+//!   and [`Receiver::recv`] returns a [`Sample`] that borrows it. Fields that cannot be read
+//!   from shared memory (`bool`, `char`, enums, pointers, references, `Vec`, `String`, ...)
+//!   and padding are compile errors that point at the field.
+//! * any other type that also derives serde's `Serialize` and `Deserialize` travels
+//!   **serialized** with postcard, up to [`Options::max_message_size`]; an oversize message
+//!   is an error and is not sent.
+//!
+//! Both ends compare a type fingerprint ([`MessageInfo::fingerprint`]) computed from the
+//! declared type name (overridable with `#[shmbus(name = "...")]`), field names and types,
+//! size, alignment and encoding. Attaching with another type fails with
+//! [`OpenError::TypeMismatch`], which names both types.
+//!
+//! # Blocking and disconnection
+//!
+//! [`Sender::send`] waits while the ring is full, [`Receiver::recv`] while it is empty;
+//! `try_` variants never wait and `_timeout` variants wait at most a given time. A waiting
+//! side spins for [`Options::spin`] (20 µs by default), then sleeps on a futex; the other
+//! side makes the wake-up system call only when a waiter is actually asleep.
+//!
+//! When the sender is dropped or its process dies (SIGKILL included), the receiver gets the
+//! messages already committed and then [`RecvError::Disconnected`]; when the receiver goes,
+//! sends fail with [`SendError::Disconnected`], which hands the message back. A process
+//! killed while its peer sleeps is noticed within about 10 ms.
+//!
+//! # Lifetimes and names
+//!
+//! A channel named `ticks` is the file `/dev/shm/shmbus.ticks` (the prefix is
+//! [`Options::prefix`]), created with mode 0600 and with its memory reserved up front, so a
+//! full `/dev/shm` is an error at creation rather than a crash later. The last handle to go
+//! removes it. A file left behind by crashed processes is reused, with its committed
+//! messages, if it is valid and of the same type, and replaced otherwise.
+//!
+//! # Trust
+//!
+//! Every process that can open a channel's file can write to it. shmbus validates
+//! everything it reads from shared memory: a corrupt header is an [`OpenError::Corrupt`],
+//! foreign data in the ring a [`CorruptError`], never undefined behaviour. A zero-copy
+//! message is read by reference; a process that ignores the protocol could change it while
+//! it is read, which can yield odd values but never invalid ones, since every bit pattern
+//! is a valid zero-copy message.
+//!
+//! # Limits of this version
+//!
+//! One sender and one receiver per channel ([`OpenError::TooManyParticipants`] otherwise).
+//! `Sender` and `Receiver` are `Send` but not `Sync`: move a handle to the thread that uses
+//! it.
 #![deny(unsafe_op_in_unsafe_fn)]
 
 extern crate self as shmbus;

@@ -300,34 +300,6 @@ impl Geometry {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn footprint_formula() {
-        let g = Geometry::new(1024, 24, 8, 1, 1).unwrap();
-        assert_eq!(g.payload_offset, 16);
-        assert_eq!(g.stride, 64);
-        assert_eq!(g.ring_offset, 4096);
-        assert_eq!(g.total_size, 4096 + 1024 * 64);
-        let g = Geometry::new(8, 100, 64, 1, 1).unwrap();
-        assert_eq!(g.payload_offset, 64);
-        assert_eq!(g.stride, 192);
-    }
-
-    #[test]
-    fn rejects_bad_numbers() {
-        assert!(Geometry::new(3, 8, 8, 1, 1).is_err());
-        assert!(Geometry::new(0, 8, 8, 1, 1).is_err());
-        assert!(Geometry::new(8, 8, 3, 1, 1).is_err());
-        assert!(Geometry::new(8, 8, 8192, 1, 1).is_err());
-        assert!(Geometry::new(8, 8, 8, 0, 1).is_err());
-        assert!(Geometry::new(8, MAX_MESSAGE + 1, 8, 1, 1).is_err());
-        assert!(Geometry::new(MAX_CAPACITY, MAX_MESSAGE, 8, 1, 1).is_err());
-    }
-}
-
 #[cfg(any(test, shmbus_loom))]
 impl WaitCell {
     pub(crate) fn new() -> WaitCell {
@@ -374,5 +346,33 @@ impl SlotHeader {
             len: AtomicU32::new(0),
             flags: AtomicU32::new(0),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn footprint_formula() {
+        let g = Geometry::new(1024, 24, 8, 1, 1).unwrap();
+        assert_eq!(g.payload_offset, 16);
+        assert_eq!(g.stride, 64);
+        assert_eq!(g.ring_offset, 4096);
+        assert_eq!(g.total_size, 4096 + 1024 * 64);
+        let g = Geometry::new(8, 100, 64, 1, 1).unwrap();
+        assert_eq!(g.payload_offset, 64);
+        assert_eq!(g.stride, 192);
+    }
+
+    #[test]
+    fn rejects_bad_numbers() {
+        assert!(Geometry::new(3, 8, 8, 1, 1).is_err());
+        assert!(Geometry::new(0, 8, 8, 1, 1).is_err());
+        assert!(Geometry::new(8, 8, 3, 1, 1).is_err());
+        assert!(Geometry::new(8, 8, 8192, 1, 1).is_err());
+        assert!(Geometry::new(8, 8, 8, 0, 1).is_err());
+        assert!(Geometry::new(8, MAX_MESSAGE + 1, 8, 1, 1).is_err());
+        assert!(Geometry::new(MAX_CAPACITY, MAX_MESSAGE, 8, 1, 1).is_err());
     }
 }

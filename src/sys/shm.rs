@@ -22,6 +22,7 @@ fn to_io(e: nix::errno::Errno) -> io::Error {
 
 /// Creates a new object, failing with `AlreadyExists` if one is there. The object is opened
 /// read-write, close-on-exec, never through a symlink, with permission bits `mode`.
+#[allow(clippy::disallowed_methods)]
 pub(crate) fn create_exclusive(name: &str, mode: u32) -> io::Result<File> {
     let fd: OwnedFd = nix::sys::mman::shm_open(
         format!("/{name}").as_str(),
@@ -40,6 +41,7 @@ pub(crate) fn create_exclusive(name: &str, mode: u32) -> io::Result<File> {
 }
 
 /// Opens an existing object read-write.
+#[allow(clippy::disallowed_methods)]
 pub(crate) fn open_existing(name: &str) -> io::Result<File> {
     let fd: OwnedFd = nix::sys::mman::shm_open(
         format!("/{name}").as_str(),
