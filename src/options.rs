@@ -51,7 +51,8 @@ impl Options {
         Options::default()
     }
 
-    /// Number of message slots (rounded up to a power of two when the channel is created).
+    /// Number of message slots (rounded up to a power of two, and to at least 2, when the
+    /// channel is created).
     pub fn capacity(&mut self, slots: usize) -> &mut Self {
         self.capacity = slots;
         self

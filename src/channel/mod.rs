@@ -70,7 +70,7 @@ impl End {
         if options.capacity == 0 {
             return Err(invalid("capacity must be at least 1".into()));
         }
-        let capacity = (options.capacity as u64)
+        let capacity = (options.capacity.max(2) as u64)
             .checked_next_power_of_two()
             .ok_or_else(|| invalid(format!("capacity {} is too large", options.capacity)))?;
         let geometry = Geometry::new(capacity, max_message, msg_align, 1, 1).map_err(invalid)?;

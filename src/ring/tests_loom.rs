@@ -71,7 +71,11 @@ fn read(mem: &HeapSegment, pos: u64) -> u64 {
 /// side ever sleeps through a wake-up (a lost one would deadlock the model).
 #[test]
 fn blocking_transfer_wraps_without_lost_wakeups() {
-    loom::model(|| {
+    let mut model = loom::model::Builder::new();
+    // Three messages through two slots: the sender waits for space and the receiver for
+    // data. Bounding preemptions keeps the search to minutes; lost wake-ups need only one.
+    model.preemption_bound = Some(3);
+    model.check(|| {
         let mem = segment(2);
         let m = mem.clone();
         let tx = loom::thread::spawn(move || {

@@ -208,9 +208,11 @@ impl Geometry {
         max_senders: u32,
         max_receivers: u32,
     ) -> Result<Geometry, GeometryError> {
-        if capacity == 0 || capacity > MAX_CAPACITY || !capacity.is_power_of_two() {
+        // At least 2: with one slot, "released for the next lap" (pos + capacity) and
+        // "committed" (pos + 1) would be the same sequence number.
+        if capacity < 2 || capacity > MAX_CAPACITY || !capacity.is_power_of_two() {
             return Err(format!(
-                "capacity {capacity} is not a power of two between 1 and {MAX_CAPACITY}"
+                "capacity {capacity} is not a power of two between 2 and {MAX_CAPACITY}"
             ));
         }
         if max_message > MAX_MESSAGE {
@@ -369,6 +371,7 @@ mod tests {
     fn rejects_bad_numbers() {
         assert!(Geometry::new(3, 8, 8, 1, 1).is_err());
         assert!(Geometry::new(0, 8, 8, 1, 1).is_err());
+        assert!(Geometry::new(1, 8, 8, 1, 1).is_err());
         assert!(Geometry::new(8, 8, 3, 1, 1).is_err());
         assert!(Geometry::new(8, 8, 8192, 1, 1).is_err());
         assert!(Geometry::new(8, 8, 8, 0, 1).is_err());
