@@ -78,6 +78,14 @@ pub enum OpenError {
         /// The channel's type.
         found: TypeDesc,
     },
+    /// The channel's delivery mode is not the one asked for.
+    #[error("channel {name:?}: {reason}")]
+    DeliveryMismatch {
+        /// The channel.
+        name: String,
+        /// Which mode the channel has.
+        reason: String,
+    },
     /// The segment's header is invalid or does not fit the file.
     #[error("channel {name:?} is corrupt: {reason}")]
     Corrupt {
@@ -237,6 +245,11 @@ impl<T> From<SendError<T>> for SendTimeoutError<T> {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum RecvError {
+    /// Broadcast with `Overflow::DropOldest`: this many messages were overwritten before
+    /// this subscriber read them. The next call continues with the oldest message still
+    /// available.
+    #[error("fell behind: {0} messages were overwritten before they were read")]
+    Lagged(u64),
     /// Every sender left or died and every committed message has been received.
     #[error("receiving on an empty channel whose senders are gone")]
     Disconnected,
@@ -252,6 +265,11 @@ pub enum RecvError {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum TryRecvError {
+    /// Broadcast with `Overflow::DropOldest`: this many messages were overwritten before
+    /// this subscriber read them. The next call continues with the oldest message still
+    /// available.
+    #[error("fell behind: {0} messages were overwritten before they were read")]
+    Lagged(u64),
     /// No message is waiting.
     #[error("receiving on an empty channel")]
     Empty,
@@ -270,6 +288,11 @@ pub enum TryRecvError {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum RecvTimeoutError {
+    /// Broadcast with `Overflow::DropOldest`: this many messages were overwritten before
+    /// this subscriber read them. The next call continues with the oldest message still
+    /// available.
+    #[error("fell behind: {0} messages were overwritten before they were read")]
+    Lagged(u64),
     /// No message arrived before the timeout.
     #[error("timed out receiving on an empty channel")]
     Timeout,

@@ -95,7 +95,10 @@ mod sync;
 mod sys;
 
 #[cfg(not(shmbus_loom))]
-pub use channel::{Iter, Loan, Receiver, Sample, Sender, TryIter};
+pub use channel::{
+    Client, Iter, Loan, Receiver, Request, RequestError, RespondError, Sample, Sender, Server,
+    TryIter,
+};
 pub use error::{
     CorruptError, OpenError, RecvError, RecvTimeoutError, SendError, SendTimeoutError,
     TryRecvError, TrySendError, TypeDesc,
@@ -105,7 +108,8 @@ pub use message::{
 };
 pub use name::MAX_NAME_LEN;
 pub use options::{
-    Options, DEFAULT_CAPACITY, DEFAULT_MAX_MESSAGE_SIZE, DEFAULT_PREFIX, DEFAULT_SPIN,
+    Delivery, Options, Overflow, DEFAULT_CAPACITY, DEFAULT_MAX_MESSAGE_SIZE,
+    DEFAULT_MAX_PARTICIPANTS, DEFAULT_PREFIX, DEFAULT_SPIN,
 };
 pub use shmbus_derive::Message;
 

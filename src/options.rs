@@ -16,6 +16,11 @@ use std::time::Duration;
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Options {
+    pub(crate) delivery: Option<Delivery>,
+    pub(crate) overflow: Overflow,
+    pub(crate) max_senders: u32,
+    pub(crate) max_receivers: u32,
+    pub(crate) history: usize,
     pub(crate) capacity: usize,
     pub(crate) max_message_size: usize,
     pub(crate) prefix: String,
@@ -23,6 +28,32 @@ pub struct Options {
     pub(crate) spin: Duration,
 }
 
+/// How messages are delivered to the receivers of a channel. Chosen when the channel is
+/// created; a handle that asks for the other one gets [`OpenError::DeliveryMismatch`](crate::OpenError::DeliveryMismatch).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Delivery {
+    /// Each message goes to exactly one receiver: receivers compete for work.
+    #[default]
+    Queue,
+    /// Every subscriber receives every message sent after it subscribed, read in place
+    /// (one copy in memory for all subscribers).
+    Broadcast,
+}
+
+/// What senders do when the ring is full.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Overflow {
+    /// Senders wait for the slowest receiver; nothing is lost.
+    #[default]
+    Block,
+    /// Senders never wait: they overwrite the oldest message. A subscriber that fell behind
+    /// gets a `Lagged(n)` result telling how many messages it missed, then continues with
+    /// the oldest message still available. Broadcast channels only.
+    DropOldest,
+}
+
+/// Default maximum number of senders, and of receivers, of a channel.
+pub const DEFAULT_MAX_PARTICIPANTS: u32 = 8;
 /// Default number of slots.
 pub const DEFAULT_CAPACITY: usize = 1024;
 /// Default maximum encoded size of a serialized (postcard) message.
@@ -35,6 +66,11 @@ pub const DEFAULT_SPIN: Duration = Duration::from_micros(20);
 impl Default for Options {
     fn default() -> Self {
         Options {
+            delivery: None,
+            overflow: Overflow::Block,
+            max_senders: DEFAULT_MAX_PARTICIPANTS,
+            max_receivers: DEFAULT_MAX_PARTICIPANTS,
+            history: 0,
             capacity: DEFAULT_CAPACITY,
             max_message_size: DEFAULT_MAX_MESSAGE_SIZE,
             prefix: DEFAULT_PREFIX.to_owned(),
@@ -45,10 +81,45 @@ impl Default for Options {
 }
 
 impl Options {
-    /// The defaults: 1024 slots, 4 KiB serialized messages, prefix `shmbus.`, mode 0600,
-    /// 20 µs of spinning before sleeping.
+    /// The defaults: a queue of 1024 slots that blocks when full, up to 8 senders and 8
+    /// receivers, 4 KiB serialized messages, prefix `shmbus.`, mode 0600, 20 µs of spinning
+    /// before sleeping.
     pub fn new() -> Options {
         Options::default()
+    }
+
+    /// Delivery mode of a channel this handle creates; when opening, the channel's mode must
+    /// match. Without this call, a created channel is a [`Delivery::Queue`] and an opened
+    /// one keeps whatever it is.
+    pub fn delivery(&mut self, delivery: Delivery) -> &mut Self {
+        self.delivery = Some(delivery);
+        self
+    }
+
+    /// Overflow policy of a channel this handle creates (default [`Overflow::Block`]).
+    pub fn overflow(&mut self, overflow: Overflow) -> &mut Self {
+        self.overflow = overflow;
+        self
+    }
+
+    /// Most senders that may be attached at once (1 to 64, default 8). With 1, senders
+    /// claim slots with plain stores instead of compare-and-swap.
+    pub fn max_senders(&mut self, n: u32) -> &mut Self {
+        self.max_senders = n;
+        self
+    }
+
+    /// Most receivers (or subscribers) that may be attached at once (1 to 64, default 8).
+    pub fn max_receivers(&mut self, n: u32) -> &mut Self {
+        self.max_receivers = n;
+        self
+    }
+
+    /// Broadcast: how many of the most recent messages a new subscriber receives first
+    /// (less than the capacity; default 0).
+    pub fn history(&mut self, messages: usize) -> &mut Self {
+        self.history = messages;
+        self
     }
 
     /// Number of message slots (rounded up to a power of two, and to at least 2, when the

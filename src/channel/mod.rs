@@ -5,9 +5,11 @@
 
 mod receiver;
 mod sender;
+mod service;
 
 pub use receiver::{Iter, Receiver, Sample, TryIter};
 pub use sender::{Loan, Sender};
+pub use service::{Client, Request, RequestError, RespondError, Server};
 
 use std::cell::Cell;
 use std::time::{Duration, Instant};
@@ -15,9 +17,9 @@ use std::time::{Duration, Instant};
 use crate::error::{CorruptError, OpenError, TypeDesc};
 use crate::message::{Encoding, Message};
 use crate::name;
-use crate::options::Options;
-use crate::ring::{self, wait, Corruption, Peers};
-use crate::segment::layout::Geometry;
+use crate::options::{Delivery as DeliveryMode, Options, Overflow};
+use crate::ring::{self, wait, Corruption, Delivery, Peers};
+use crate::segment::layout::{self, Geometry};
 use crate::segment::posix::{OpenMode, PosixSegment, SegmentError, Spec};
 use crate::segment::{Memory, Role};
 
@@ -45,6 +47,7 @@ pub(crate) struct End {
     pub(crate) seg: PosixSegment,
     pub(crate) role: Role,
     pub(crate) index: u32,
+    pub(crate) delivery: Delivery,
     name: String,
     spin: Duration,
     last_liveness: Cell<Instant>,
@@ -73,7 +76,26 @@ impl End {
         let capacity = (options.capacity.max(2) as u64)
             .checked_next_power_of_two()
             .ok_or_else(|| invalid(format!("capacity {} is too large", options.capacity)))?;
-        let geometry = Geometry::new(capacity, max_message, msg_align, 1, 1).map_err(invalid)?;
+        let geometry = Geometry::new(
+            capacity,
+            max_message,
+            msg_align,
+            options.max_senders,
+            options.max_receivers,
+        )
+        .map_err(invalid)?;
+        let broadcast = options.delivery == Some(DeliveryMode::Broadcast);
+        if options.overflow == Overflow::DropOldest && !broadcast {
+            return Err(invalid(
+                "Overflow::DropOldest needs Delivery::Broadcast (a queue never drops work)".into(),
+            ));
+        }
+        if options.history > 0 && (!broadcast || options.history as u64 >= capacity) {
+            return Err(invalid(format!(
+                "history {} needs Delivery::Broadcast and must be less than the capacity {capacity}",
+                options.history
+            )));
+        }
         let spec = Spec {
             type_name: info.name,
             fingerprint: info.fingerprint,
@@ -81,6 +103,17 @@ impl End {
             msg_size,
             msg_align: msg_align as u32,
             geometry,
+            mode: if broadcast {
+                layout::mode::BROADCAST
+            } else {
+                layout::mode::QUEUE
+            },
+            mode_explicit: options.delivery.is_some(),
+            overflow: match options.overflow {
+                Overflow::Block => layout::overflow::BLOCK,
+                Overflow::DropOldest => layout::overflow::DROP_OLDEST,
+            },
+            history: options.history as u32,
             file_mode: options.file_mode,
         };
         // Register for asymmetric barriers before touching the ring (see ring::wait).
@@ -110,6 +143,10 @@ impl End {
                     fingerprint: found_fingerprint,
                 },
             },
+            SegmentError::ModeMismatch(reason) => OpenError::DeliveryMismatch {
+                name: name.to_owned(),
+                reason,
+            },
             SegmentError::Corrupt(reason) => OpenError::Corrupt {
                 name: name.to_owned(),
                 reason,
@@ -136,8 +173,23 @@ impl End {
             ring::recover_left_behind(&seg);
             seg.share().map_err(io_err("lock"))?;
         }
-        let index = ring::attach(&seg, role)
-            .map_err(io_err("lock"))?
+        Self::attach(seg, role, name, options.spin)
+    }
+
+    /// Attaches to an open segment as a new participant.
+    fn attach(seg: PosixSegment, role: Role, name: &str, spin: Duration) -> Result<End, OpenError> {
+        let (mode, overflow, history) = seg.delivery();
+        let delivery = Delivery {
+            broadcast: mode == layout::mode::BROADCAST,
+            drop_oldest: overflow == layout::overflow::DROP_OLDEST,
+            history: history as u64,
+        };
+        let index = ring::attach(&seg, role, delivery)
+            .map_err(|source| OpenError::Io {
+                name: name.to_owned(),
+                op: "lock",
+                source,
+            })?
             .ok_or_else(|| OpenError::TooManyParticipants {
                 name: name.to_owned(),
                 role: role.name(),
@@ -150,10 +202,27 @@ impl End {
             seg,
             role,
             index,
+            delivery,
             name: name.to_owned(),
-            spin: options.spin,
+            spin,
             last_liveness: Cell::new(Instant::now()),
         })
+    }
+
+    /// A new participant of the same role on the same segment (a cloned handle).
+    pub(crate) fn duplicate(&self) -> Result<End, OpenError> {
+        let seg = self.seg.duplicate().map_err(|source| OpenError::Io {
+            name: self.name.clone(),
+            op: "reopen",
+            source,
+        })?;
+        Self::attach(seg, self.role, &self.name, self.spin)
+    }
+
+    /// Whether this end stops waiting when the other side is gone. A broadcast sender does
+    /// not: its messages stay in the ring for subscribers that join later.
+    fn stops_when_peer_gone(&self) -> bool {
+        !(self.delivery.broadcast && self.role == Role::Sender)
     }
 
     pub(crate) fn name(&self) -> &str {
@@ -163,7 +232,20 @@ impl End {
     /// The state of the other side, from shared state only (no system call).
     #[inline]
     pub(crate) fn peers_fast(&self) -> Peers {
+        if !self.stops_when_peer_gone() {
+            return Peers::Attached;
+        }
         ring::peers(&self.seg, ring::other(self.role), false)
+    }
+
+    /// The state of the other side, checking now that attached peers are alive.
+    pub(crate) fn peers_checked(&self) -> Peers {
+        ring::peers(&self.seg, ring::other(self.role), true)
+    }
+
+    /// The channel's maximum message size.
+    pub(crate) fn seg_max_message(&self) -> usize {
+        self.seg.geometry().max_message as usize
     }
 
     /// The state of the other side, checking at most every millisecond whether an
@@ -174,7 +256,12 @@ impl End {
         if check {
             self.last_liveness.set(now);
         }
-        ring::peers(&self.seg, ring::other(self.role), check)
+        let peers = ring::peers(&self.seg, ring::other(self.role), check);
+        if self.stops_when_peer_gone() {
+            peers
+        } else {
+            Peers::Attached
+        }
     }
 
     /// Runs `poll` until it yields a value: spinning for the configured time, then sleeping
@@ -194,7 +281,7 @@ impl End {
             if let Some(r) = poll().map_err(corrupt)? {
                 return Ok(r);
             }
-            if self.peers_fast() == Peers::Gone {
+            if self.stops_when_peer_gone() && self.peers_fast() == Peers::Gone {
                 // One last look: anything committed before the peer left is visible now.
                 return poll().map_err(corrupt)?.ok_or(Blocked::Disconnected);
             }
@@ -218,7 +305,9 @@ impl End {
                 wait::finish(cell, self.index);
                 return ready.map_err(corrupt)?.ok_or(Blocked::Disconnected);
             }
-            if ring::peers(&self.seg, ring::other(self.role), true) == Peers::Gone {
+            if ring::peers(&self.seg, ring::other(self.role), true) == Peers::Gone
+                && self.stops_when_peer_gone()
+            {
                 wait::finish(cell, self.index);
                 return poll().map_err(corrupt)?.ok_or(Blocked::Disconnected);
             }

@@ -34,7 +34,7 @@ use crate::segment::{Memory, Role};
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
 pub struct Receiver<T: Message> {
-    end: End,
+    pub(super) end: End,
     consumer: Consumer,
     _type: PhantomData<fn() -> T>,
 }
@@ -42,6 +42,7 @@ pub struct Receiver<T: Message> {
 /// What one attempt to take a message found.
 enum Got {
     Slot { pos: u64, len: u32 },
+    Lagged(u64),
 }
 
 impl<T: Message> Receiver<T> {
@@ -76,7 +77,7 @@ impl<T: Message> Receiver<T> {
 
     fn with_mode(name: &str, options: &Options, mode: OpenMode) -> Result<Self, OpenError> {
         let end = End::open::<T>(name, options, mode, Role::Receiver)?;
-        let consumer = Consumer::new(&end.seg);
+        let consumer = Consumer::new(&end.seg, end.index, end.delivery);
         Ok(Receiver {
             end,
             consumer,
@@ -102,6 +103,7 @@ impl<T: Message> Receiver<T> {
     fn poll(&self) -> Result<Option<Got>, crate::ring::Corruption> {
         Ok(match self.consumer.try_take(&self.end.seg)? {
             Take::Ready { pos, len } => Some(Got::Slot { pos, len }),
+            Take::Lagged(n) => Some(Got::Lagged(n)),
             Take::Empty => None,
         })
     }
@@ -159,8 +161,10 @@ impl<T: Message> Receiver<T> {
             })?,
             Err(c) => return Err(RecvError::Corrupt(c.into())),
         };
-        let Got::Slot { pos, len } = got;
-        Ok(self.sample(pos, len)?)
+        match got {
+            Got::Slot { pos, len } => Ok(self.sample(pos, len)?),
+            Got::Lagged(n) => Err(RecvError::Lagged(n)),
+        }
     }
 
     /// Receives a message if one is waiting.
@@ -171,9 +175,11 @@ impl<T: Message> Receiver<T> {
     pub fn try_recv(&self) -> Result<Sample<'_, T>, TryRecvError> {
         match self.poll() {
             Ok(Some(Got::Slot { pos, len })) => Ok(self.sample(pos, len)?),
+            Ok(Some(Got::Lagged(n))) => Err(TryRecvError::Lagged(n)),
             Ok(None) => match self.end.peers_rate_limited() {
                 Peers::Gone => match self.poll() {
                     Ok(Some(Got::Slot { pos, len })) => Ok(self.sample(pos, len)?),
+                    Ok(Some(Got::Lagged(n))) => Err(TryRecvError::Lagged(n)),
                     Ok(None) => Err(TryRecvError::Disconnected),
                     Err(c) => Err(TryRecvError::Corrupt(c.into())),
                 },
@@ -218,12 +224,15 @@ impl<T: Message> Receiver<T> {
                 })?,
             Err(c) => return Err(RecvTimeoutError::Corrupt(c.into())),
         };
-        let Got::Slot { pos, len } = got;
-        Ok(self.sample(pos, len)?)
+        match got {
+            Got::Slot { pos, len } => Ok(self.sample(pos, len)?),
+            Got::Lagged(n) => Err(RecvTimeoutError::Lagged(n)),
+        }
     }
 
-    /// A blocking iterator over owned messages; it ends when the sender is gone and the
+    /// A blocking iterator over owned messages; it ends when the senders are gone and the
     /// channel is drained (or on an error, which it does not report: use `recv` for that).
+    /// Broadcast lag is stepped over silently.
     pub fn iter(&self) -> Iter<'_, T> {
         Iter { rx: self }
     }
@@ -242,7 +251,13 @@ pub struct Iter<'a, T: Message> {
 impl<T: Message> Iterator for Iter<'_, T> {
     type Item = T;
     fn next(&mut self) -> Option<T> {
-        self.rx.recv().ok().map(Sample::into_inner)
+        loop {
+            match self.rx.recv() {
+                Ok(sample) => return Some(sample.into_inner()),
+                Err(RecvError::Lagged(_)) => continue,
+                Err(_) => return None,
+            }
+        }
     }
 }
 

@@ -34,7 +34,7 @@ use crate::segment::{Memory, Role};
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
 pub struct Sender<T: Message> {
-    end: End,
+    pub(super) end: End,
     producer: Producer,
     _type: PhantomData<fn(T) -> T>,
 }
@@ -71,7 +71,23 @@ impl<T: Message> Sender<T> {
 
     fn with_mode(name: &str, options: &Options, mode: OpenMode) -> Result<Self, OpenError> {
         let end = End::open::<T>(name, options, mode, Role::Sender)?;
-        let producer = Producer::new(&end.seg);
+        let producer = Producer::new(&end.seg, end.index, end.delivery);
+        Ok(Sender {
+            end,
+            producer,
+            _type: PhantomData,
+        })
+    }
+
+    /// Another sender on the same channel, for another thread: it takes a sender entry of
+    /// its own (with its own loans and its own liveness lock).
+    ///
+    /// # Errors
+    ///
+    /// [`OpenError::TooManyParticipants`] if the channel already has its maximum of senders.
+    pub fn try_clone(&self) -> Result<Self, OpenError> {
+        let end = self.end.duplicate()?;
+        let producer = Producer::new(&end.seg, end.index, end.delivery);
         Ok(Sender {
             end,
             producer,
@@ -320,6 +336,22 @@ impl<T: ZeroCopy> Drop for Loan<'_, T> {
     fn drop(&mut self) {
         if !self.sent {
             self.tx.producer.commit(&self.tx.end.seg, self.pos, 0, true);
+        }
+    }
+}
+
+impl<T: Message> Clone for Sender<T> {
+    /// Same as [`Sender::try_clone`].
+    ///
+    /// # Panics
+    ///
+    /// If the channel already has its maximum of senders
+    /// ([`Options::max_senders`](crate::Options::max_senders)), or the segment cannot be
+    /// reopened. Use [`try_clone`](Sender::try_clone) to handle that.
+    fn clone(&self) -> Self {
+        match self.try_clone() {
+            Ok(tx) => tx,
+            Err(e) => panic!("shmbus: cannot clone Sender: {e}"),
         }
     }
 }

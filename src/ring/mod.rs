@@ -1,26 +1,40 @@
-//! The lock-free ring: positions, slot sequence numbers, loans and releases.
+//! The lock-free ring: positions, slot sequence words, loans, takes and releases.
 //!
-//! Each slot carries a Vyukov sequence number in the same cache line as the start of its
-//! payload. For position `pos` (slot `pos & mask`):
+//! Every slot carries a sequence word in the same cache line as the start of its payload
+//! (Vyukov / Disruptor style). Its low 56 bits are a position, its top byte a tag: whether a
+//! sender has claimed the slot, or a receiver has taken it, and which participant did. For
+//! position `pos` (slot `pos & mask`) the word goes through:
 //!
-//! | `seq`              | meaning                                              |
-//! |--------------------|------------------------------------------------------|
-//! | `pos`              | free: the sender may claim it                         |
-//! | `pos + 1`          | committed: the receiver may take it                   |
-//! | `pos + capacity`   | released: free for position `pos + capacity`          |
+//! | word                    | meaning                                                   |
+//! |-------------------------|-----------------------------------------------------------|
+//! | `pos`                   | free: a sender may claim it                               |
+//! | `pos` + CLAIMED(i)      | sender `i` is writing it (a loan)                          |
+//! | `pos + 1`               | committed: receivers may take it                          |
+//! | `pos + 1` + TAKEN(j)    | queue mode: receiver `j` is reading it in place           |
+//! | `pos + capacity`        | queue mode: released, free for the next lap              |
 //!
-//! The sender polls only the slot it is about to claim, the receiver only the slot it is
-//! about to take: neither reads the other's cursor on the fast path, so a busy stream moves
-//! one cache line per slot. `tail`/`head` in the control block record the cursors for
-//! recovery and observation only.
+//! Claims and takes are a compare-and-swap on the slot's own word (a plain store when the
+//! channel allows one participant of that role), so every slot in flight names its owner and
+//! a dead participant's slots can be reclaimed exactly. `tail`/`head` in the control block
+//! are shared hints of the next position, advanced by whoever claimed or took it.
 //!
-//! SYNC POINT: the sender's `Release` store of `pos + 1` pairs with the receiver's `Acquire`
-//! load (the payload written before is visible); the receiver's `Release` store of
-//! `pos + capacity` pairs with the sender's `Acquire` load (the receiver's reads finish
-//! before the sender overwrites the slot).
+//! **Broadcast** channels never tag a slot on the receiving side: a committed slot stays
+//! `pos + 1` until a sender claims it for `pos + capacity`. Each subscriber keeps its own
+//! cursor (in its participant entry) and, while it reads a message in place, sets its bit in
+//! the slot's `pins`. A sender never writes the payload of a pinned slot (it commits the
+//! position empty instead), and in `Block` mode it does not claim a slot until every active
+//! subscriber's cursor has passed the slot's old message.
 //!
-//! Every sequence number read is checked against the few values the protocol allows; any
-//! other value is corruption (a foreign writer), reported and never followed.
+//! SYNC POINT: a commit is a `Release` store of `pos + 1` and pairs with the `Acquire` load
+//! of whoever takes or reads it (the payload is visible); a release of `pos + capacity`, and
+//! a subscriber's cursor store, pair with the `Acquire` load of the next claimer (the
+//! reader is done before the payload is overwritten). The claim/pin handshake of broadcast
+//! channels is a Dekker pattern made of read-modify-writes on both sides (see
+//! [`Producer::try_claim`]).
+//!
+//! Positions are 56 bits: at 100 million messages per second a channel would run out after
+//! 22 years. Every word read is checked against the states above; any other value is
+//! corruption (a foreign writer), reported and never followed.
 
 pub(crate) mod wait;
 
@@ -29,15 +43,65 @@ mod tests;
 #[cfg(all(test, shmbus_loom))]
 mod tests_loom;
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
+use std::collections::VecDeque;
 
-use crate::segment::layout::{slot_flags, state, WaitCell};
+use crate::segment::layout::{slot_flags, state, SlotHeader, WaitCell};
 use crate::segment::{Memory, Role};
 use crate::sync::Ordering;
+
+const POS_BITS: u32 = 56;
+const POS_MASK: u64 = (1 << POS_BITS) - 1;
+const CLAIMED: u64 = 0x80;
+const TAKEN: u64 = 0x40;
+const OWNER_MASK: u64 = 0x3f;
+
+fn tagged(pos: u64, tag: u64, owner: u32) -> u64 {
+    pos | ((tag | owner as u64) << POS_BITS)
+}
+
+/// A sequence word split into its position and tag.
+#[derive(Clone, Copy)]
+struct Word {
+    pos: u64,
+    claimed: bool,
+    taken: bool,
+    owner: u32,
+}
+
+impl Word {
+    fn of(seq: u64) -> Word {
+        let tag = seq >> POS_BITS;
+        Word {
+            pos: seq & POS_MASK,
+            claimed: tag & CLAIMED != 0,
+            taken: tag & TAKEN != 0,
+            owner: (tag & OWNER_MASK) as u32,
+        }
+    }
+
+    fn plain(self) -> bool {
+        !self.claimed && !self.taken
+    }
+}
 
 /// Something in the segment that the protocol does not allow.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Corruption(pub(crate) String);
+
+fn corrupt(what: &str, pos: u64, seq: u64) -> Corruption {
+    Corruption(format!(
+        "{what}: slot for position {pos} holds the unexpected sequence word {seq:#018x}"
+    ))
+}
+
+/// How a channel delivers messages (from its header).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Delivery {
+    pub(crate) broadcast: bool,
+    pub(crate) drop_oldest: bool,
+    pub(crate) history: u64,
+}
 
 /// Result of trying to claim a slot.
 #[derive(Debug, PartialEq, Eq)]
@@ -55,28 +119,51 @@ pub(crate) enum Take {
     Ready { pos: u64, len: u32 },
     /// Nothing committed yet.
     Empty,
+    /// Broadcast, `DropOldest`: this many messages were overwritten before this subscriber
+    /// read them; it continues from the oldest message still available.
+    Lagged(u64),
 }
 
-/// The sending side's cursor.
+/// The sending side: its participant index and, with a single sender, its own cursor.
 pub(crate) struct Producer {
+    index: u32,
+    single: bool,
+    delivery: Delivery,
     next: Cell<u64>,
+    /// Broadcast `Block`: the smallest subscriber cursor seen last time (a lower bound).
+    min_cursor: Cell<u64>,
 }
 
-/// The receiving side's cursor.
+/// The receiving side.
 pub(crate) struct Consumer {
+    index: u32,
+    single: bool,
+    delivery: Delivery,
     next: Cell<u64>,
+    /// Broadcast: positions read since the cursor, and whether each was released.
+    outstanding: RefCell<VecDeque<bool>>,
+    /// Broadcast: positions before this were sent before the subscriber joined.
+    joined_at: u64,
+}
+
+fn max_of<M: Memory>(mem: &M, role: Role) -> u32 {
+    let g = mem.geometry();
+    match role {
+        Role::Sender => g.max_senders,
+        Role::Receiver => g.max_receivers,
+    }
 }
 
 /// Attaches as participant `role`: takes the first free entry, reclaims what a dead previous
-/// owner of that entry left behind, and marks the entry active. Returns the entry index, or
-/// `None` if every entry is owned.
-pub(crate) fn attach<M: Memory>(mem: &M, role: Role) -> std::io::Result<Option<u32>> {
-    let g = mem.geometry();
-    let max = match role {
-        Role::Sender => g.max_senders,
-        Role::Receiver => g.max_receivers,
-    };
-    for index in 0..max {
+/// owner of that entry left behind, and marks the entry active. `cursor` is the starting
+/// cursor of a broadcast subscriber (ignored otherwise). Returns the entry index, or `None`
+/// if every entry is owned.
+pub(crate) fn attach<M: Memory>(
+    mem: &M,
+    role: Role,
+    delivery: Delivery,
+) -> std::io::Result<Option<u32>> {
+    for index in 0..max_of(mem, role) {
         if !mem.try_own(role, index)? {
             continue;
         }
@@ -87,8 +174,14 @@ pub(crate) fn attach<M: Memory>(mem: &M, role: Role) -> std::io::Result<Option<u
             // is in flight any more: make its slots usable again.
             reclaim(mem, role, index);
         }
+        if role == Role::Receiver && delivery.broadcast {
+            let tail = mem.control().tail.0.load(Ordering::Acquire);
+            let start = tail.saturating_sub(delivery.history);
+            entry.cursor.store(start, Ordering::Release);
+        }
         let generation = (old & !state::MASK).wrapping_add(state::GENERATION);
         entry.pid.store(current_pid(), Ordering::Relaxed);
+        // SYNC POINT: senders read the cursor after seeing ACTIVE.
         entry
             .state
             .store(generation | state::ACTIVE, Ordering::Release);
@@ -140,42 +233,46 @@ fn current_pid() -> u32 {
     }
 }
 
-/// Makes the slots that a dead participant held usable again.
+/// Makes the slots that a dead participant held usable again. Every slot in flight names
+/// its owner, so only the dead participant's slots are touched:
 ///
-/// * A dead sender may have claimed positions it never committed: they are committed empty
-///   (`SKIP`), so the receiver steps over them. Committed messages stay.
-/// * A dead receiver may have taken messages it never released: they are released (the
-///   receiver that took them is gone; redelivering them out of order would break FIFO).
-///
-/// Called by the new owner of the dead participant's entry; with one participant per role,
-/// no one else moves that role's cursor meanwhile.
+/// * a loan of a dead sender is committed empty (`SKIP`): receivers step over it;
+///   everything it committed stays;
+/// * a message a dead queue receiver was reading is released (it was delivered to a process
+///   that is gone; redelivering it out of order would break FIFO);
+/// * a dead subscriber's pins are cleared.
 fn reclaim<M: Memory>(mem: &M, role: Role, index: u32) {
     let g = mem.geometry();
-    let c = mem.control();
-    match role {
-        Role::Sender => {
-            let tail = c.tail.0.load(Ordering::Acquire);
-            for pos in tail.saturating_sub(g.capacity)..tail {
-                let slot = mem.slot(pos);
-                if slot.seq.load(Ordering::Acquire) == pos {
-                    slot.len.store(0, Ordering::Relaxed);
-                    slot.flags.store(slot_flags::SKIP, Ordering::Relaxed);
-                    slot.seq.store(pos + 1, Ordering::Release);
-                }
+    let bit = 1u64 << index;
+    for i in 0..g.capacity {
+        let slot = mem.slot(i);
+        let seq = slot.seq.load(Ordering::Acquire);
+        let w = Word::of(seq);
+        match role {
+            Role::Sender if w.claimed && w.owner == index => {
+                slot.len.store(0, Ordering::Relaxed);
+                slot.flags.store(slot_flags::SKIP, Ordering::Relaxed);
+                let _ =
+                    slot.seq
+                        .compare_exchange(seq, w.pos + 1, Ordering::AcqRel, Ordering::Relaxed);
             }
-        }
-        Role::Receiver => {
-            let head = c.head.0.load(Ordering::Acquire);
-            for pos in head.saturating_sub(g.capacity)..head {
-                let slot = mem.slot(pos);
-                if slot.seq.load(Ordering::Acquire) == pos + 1 {
-                    slot.seq.store(pos + g.capacity, Ordering::Release);
-                }
+            Role::Receiver if w.taken && w.owner == index && w.pos > 0 => {
+                let _ = slot.seq.compare_exchange(
+                    seq,
+                    w.pos - 1 + g.capacity,
+                    Ordering::AcqRel,
+                    Ordering::Relaxed,
+                );
             }
+            Role::Receiver => {
+                slot.pins.fetch_and(!bit, Ordering::AcqRel);
+            }
+            Role::Sender => {}
         }
     }
     // A sleeper that died left its bit set; clear it so that wakers stop making calls.
     wait::finish(sleeps_on(mem, role), index);
+    let c = mem.control();
     wait::wake_all(&c.data.0);
     wait::wake_all(&c.space.0);
 }
@@ -186,12 +283,8 @@ fn reclaim<M: Memory>(mem: &M, role: Role, index: u32) {
 ///
 /// The caller must be alone in the segment (it holds the segment exclusively).
 pub(crate) fn recover_left_behind<M: Memory>(mem: &M) {
-    let g = mem.geometry();
-    for (role, max) in [
-        (Role::Sender, g.max_senders),
-        (Role::Receiver, g.max_receivers),
-    ] {
-        for index in 0..max {
+    for role in [Role::Sender, Role::Receiver] {
+        for index in 0..max_of(mem, role) {
             let entry = mem.participant(role, index);
             let s = entry.state.load(Ordering::Acquire);
             if s & state::MASK == state::ACTIVE {
@@ -216,74 +309,171 @@ pub(crate) enum Peers {
     Gone,
 }
 
-/// Reads the participant table of `role`. When `check_liveness` is set, entries that say
-/// "active" but whose owner no longer holds the entry (the process died) are marked dead.
+/// Reads the participant table of `role`. When `check_liveness` is set, an entry that says
+/// "active" but whose owner no longer holds it (the process died) is taken over for a moment:
+/// its slots are reclaimed, it is marked dead and let go. Holding the entry meanwhile keeps a
+/// new participant from taking it while its predecessor's slots are reclaimed.
 pub(crate) fn peers<M: Memory>(mem: &M, role: Role, check_liveness: bool) -> Peers {
-    let g = mem.geometry();
-    let max = match role {
-        Role::Sender => g.max_senders,
-        Role::Receiver => g.max_receivers,
-    };
     let mut seen = false;
-    for index in 0..max {
+    let mut attached = false;
+    for index in 0..max_of(mem, role) {
         let entry = mem.participant(role, index);
         let s = entry.state.load(Ordering::Acquire);
         match s & state::MASK {
             state::FREE => {}
             state::ACTIVE => {
                 if !check_liveness || mem.owned_by_other(role, index) {
-                    return Peers::Attached;
+                    if !check_liveness {
+                        return Peers::Attached;
+                    }
+                    attached = true;
+                    continue;
                 }
-                // Dead: record it, unless the entry changed meanwhile (a new owner).
-                let _ = entry.state.compare_exchange(
-                    s,
-                    (s & !state::MASK) | state::DEAD,
-                    Ordering::AcqRel,
-                    Ordering::Relaxed,
-                );
-                seen = true;
+                match mem.try_own(role, index) {
+                    Ok(true) => {
+                        // We hold the dead participant's entry: nobody else can attach to it.
+                        if entry.state.load(Ordering::Acquire) == s {
+                            reclaim(mem, role, index);
+                            entry
+                                .state
+                                .store((s & !state::MASK) | state::DEAD, Ordering::Release);
+                        }
+                        mem.disown(role, index);
+                        seen = true;
+                    }
+                    // Someone else (a new owner, or another checker) holds it now.
+                    _ => attached = true,
+                }
             }
             _ => seen = true,
         }
     }
-    if seen {
+    if attached {
+        Peers::Attached
+    } else if seen {
         Peers::Gone
     } else {
         Peers::NeverAttached
     }
 }
 
+/// The smallest cursor of the active subscribers, or `u64::MAX` if there are none.
+fn min_subscriber_cursor<M: Memory>(mem: &M) -> u64 {
+    let mut min = u64::MAX;
+    for index in 0..mem.geometry().max_receivers {
+        let entry = mem.participant(Role::Receiver, index);
+        if entry.state.load(Ordering::Acquire) & state::MASK == state::ACTIVE {
+            min = min.min(entry.cursor.load(Ordering::Acquire));
+        }
+    }
+    min
+}
+
 impl Producer {
-    pub(crate) fn new<M: Memory>(mem: &M) -> Producer {
+    pub(crate) fn new<M: Memory>(mem: &M, index: u32, delivery: Delivery) -> Producer {
         Producer {
+            index,
+            single: mem.geometry().max_senders == 1,
+            delivery,
             next: Cell::new(mem.control().tail.0.load(Ordering::Acquire)),
+            min_cursor: Cell::new(0),
         }
     }
 
     /// Tries to claim the next position.
+    ///
+    /// Broadcast: after claiming, the sender reads the slot's pins with a read-modify-write;
+    /// a subscriber sets its pin with a read-modify-write and then re-reads the sequence word
+    /// with one. SYNC POINT: the two RMW pairs form a Dekker handshake: either the subscriber
+    /// sees the claim (and does not read the payload), or the sender sees the pin (and does
+    /// not write the payload, committing the position empty instead).
     #[inline]
     pub(crate) fn try_claim<M: Memory>(&self, mem: &M) -> Result<Claim, Corruption> {
-        let pos = self.next.get();
         let cap = mem.geometry().capacity;
-        let seq = mem.slot(pos).seq.load(Ordering::Acquire);
-        if seq == pos {
-            self.next.set(pos + 1);
-            mem.control().tail.0.store(pos + 1, Ordering::Relaxed);
-            Ok(Claim::Claimed(pos))
-        } else if seq.wrapping_add(cap) == pos.wrapping_add(1) || seq.wrapping_add(cap) == pos {
-            // Still holds the message of the previous lap (unread, or loaned by us and not
-            // committed yet).
-            Ok(Claim::Full)
-        } else {
-            Err(Corruption(format!(
-                "slot for position {pos} has sequence {seq}, expected {pos} (free) or {} (full)",
-                pos.wrapping_sub(cap).wrapping_add(1)
-            )))
+        let tail = &mem.control().tail.0;
+        loop {
+            let pos = if self.single {
+                self.next.get()
+            } else {
+                tail.load(Ordering::Acquire)
+            };
+            if pos > POS_MASK - cap {
+                return Err(Corruption(format!(
+                    "position {pos} is beyond the position space"
+                )));
+            }
+            let slot = mem.slot(pos);
+            let seq = slot.seq.load(Ordering::Acquire);
+            let w = Word::of(seq);
+            let free = if self.delivery.broadcast {
+                seq == pos || (w.plain() && w.pos + cap == pos + 1)
+            } else {
+                seq == pos
+            };
+            if free {
+                if self.delivery.broadcast && !self.delivery.drop_oldest && pos >= cap {
+                    // The slot's old message (position pos - cap) must have been read by
+                    // every active subscriber.
+                    if self.min_cursor.get() <= pos - cap {
+                        self.min_cursor.set(min_subscriber_cursor(mem));
+                        if self.min_cursor.get() <= pos - cap {
+                            return Ok(Claim::Full);
+                        }
+                    }
+                }
+                let claimed = tagged(pos, CLAIMED, self.index);
+                // Broadcast subscribers read the word with read-modify-writes (the pin
+                // handshake), so the claim must be one too; a lone queue sender stores.
+                if self.single && !self.delivery.broadcast {
+                    slot.seq.store(claimed, Ordering::Relaxed);
+                    self.next.set(pos + 1);
+                    tail.store(pos + 1, Ordering::Release);
+                } else {
+                    if slot
+                        .seq
+                        .compare_exchange(seq, claimed, Ordering::AcqRel, Ordering::Relaxed)
+                        .is_err()
+                    {
+                        continue;
+                    }
+                    if self.single {
+                        self.next.set(pos + 1);
+                        tail.store(pos + 1, Ordering::Release);
+                    } else {
+                        let _ = tail.compare_exchange(
+                            pos,
+                            pos + 1,
+                            Ordering::AcqRel,
+                            Ordering::Relaxed,
+                        );
+                    }
+                }
+                if self.delivery.broadcast && slot.pins.fetch_or(0, Ordering::AcqRel) != 0 {
+                    // A subscriber still reads the old message in place: leave the payload
+                    // alone and give this position no message.
+                    self.commit(mem, pos, 0, true);
+                    continue;
+                }
+                return Ok(Claim::Claimed(pos));
+            }
+            // The slot already went past `pos`: the shared tail is behind; help it along.
+            let past = (w.claimed && w.pos == pos) || (!w.claimed && w.pos > pos);
+            if past && !self.single {
+                let _ = tail.compare_exchange(pos, pos + 1, Ordering::AcqRel, Ordering::Relaxed);
+                continue;
+            }
+            // The slot still holds the previous lap: claimed, committed or taken.
+            let previous_lap =
+                (w.claimed && w.pos + cap == pos) || (!w.claimed && w.pos + cap == pos + 1);
+            if previous_lap {
+                return Ok(Claim::Full);
+            }
+            return Err(corrupt("claim", pos, seq));
         }
     }
 
     /// Publishes a claimed position. `len` bytes of payload were written (or, with
-    /// `skip`, nothing: the receiver steps over it). Returns whether a wake-up was issued.
+    /// `skip`, nothing: receivers step over it). Returns whether a wake-up was issued.
     #[inline]
     pub(crate) fn commit<M: Memory>(&self, mem: &M, pos: u64, len: u32, skip: bool) -> bool {
         let slot = mem.slot(pos);
@@ -297,9 +487,21 @@ impl Producer {
 }
 
 impl Consumer {
-    pub(crate) fn new<M: Memory>(mem: &M) -> Consumer {
+    pub(crate) fn new<M: Memory>(mem: &M, index: u32, delivery: Delivery) -> Consumer {
+        let next = if delivery.broadcast {
+            mem.participant(Role::Receiver, index)
+                .cursor
+                .load(Ordering::Acquire)
+        } else {
+            mem.control().head.0.load(Ordering::Acquire)
+        };
         Consumer {
-            next: Cell::new(mem.control().head.0.load(Ordering::Acquire)),
+            index,
+            single: mem.geometry().max_receivers == 1,
+            delivery,
+            next: Cell::new(next),
+            outstanding: RefCell::new(VecDeque::new()),
+            joined_at: mem.control().tail.0.load(Ordering::Acquire),
         }
     }
 
@@ -307,47 +509,174 @@ impl Consumer {
     /// and stepped over.
     #[inline]
     pub(crate) fn try_take<M: Memory>(&self, mem: &M) -> Result<Take, Corruption> {
+        if self.delivery.broadcast {
+            return self.try_read(mem);
+        }
         let g = mem.geometry();
+        let cap = g.capacity;
+        let head = &mem.control().head.0;
+        loop {
+            let pos = if self.single {
+                self.next.get()
+            } else {
+                head.load(Ordering::Acquire)
+            };
+            let slot = mem.slot(pos);
+            let seq = slot.seq.load(Ordering::Acquire);
+            if seq == pos + 1 {
+                let taken = tagged(pos + 1, TAKEN, self.index);
+                if self.single {
+                    slot.seq.store(taken, Ordering::Relaxed);
+                    self.next.set(pos + 1);
+                    head.store(pos + 1, Ordering::Release);
+                } else {
+                    if slot
+                        .seq
+                        .compare_exchange(seq, taken, Ordering::AcqRel, Ordering::Relaxed)
+                        .is_err()
+                    {
+                        continue;
+                    }
+                    let _ =
+                        head.compare_exchange(pos, pos + 1, Ordering::AcqRel, Ordering::Relaxed);
+                }
+                match self.check_slot(mem, slot, pos)? {
+                    Some(len) => return Ok(Take::Ready { pos, len }),
+                    None => continue,
+                }
+            }
+            let w = Word::of(seq);
+            // Not committed yet, or our own (or another receiver's) message of the previous
+            // lap is still being read.
+            if seq == pos || (w.claimed && w.pos == pos) || (w.taken && w.pos + cap == pos + 1) {
+                return Ok(Take::Empty);
+            }
+            // Taken or released already: the shared head is behind; help it along.
+            if !self.single && ((w.taken && w.pos == pos + 1) || (w.plain() && w.pos == pos + cap))
+            {
+                let _ = head.compare_exchange(pos, pos + 1, Ordering::AcqRel, Ordering::Relaxed);
+                continue;
+            }
+            return Err(corrupt("take", pos, seq));
+        }
+    }
+
+    /// Reads the length and flags of a slot just taken; `None` for a skipped slot (released
+    /// here).
+    fn check_slot<M: Memory>(
+        &self,
+        mem: &M,
+        slot: &SlotHeader,
+        pos: u64,
+    ) -> Result<Option<u32>, Corruption> {
+        let len = slot.len.load(Ordering::Relaxed);
+        let flags = slot.flags.load(Ordering::Relaxed);
+        if flags & slot_flags::SKIP != 0 {
+            self.release(mem, pos);
+            return Ok(None);
+        }
+        let max = mem.geometry().max_message;
+        if len > max {
+            self.release(mem, pos);
+            return Err(Corruption(format!(
+                "message at position {pos} claims {len} bytes, the slot holds {max}"
+            )));
+        }
+        Ok(Some(len))
+    }
+
+    /// Broadcast: reads the message at this subscriber's cursor in place, pinning the slot.
+    fn try_read<M: Memory>(&self, mem: &M) -> Result<Take, Corruption> {
+        let cap = mem.geometry().capacity;
+        let bit = 1u64 << self.index;
         loop {
             let pos = self.next.get();
             let slot = mem.slot(pos);
             let seq = slot.seq.load(Ordering::Acquire);
             if seq == pos + 1 {
-                let len = slot.len.load(Ordering::Relaxed);
-                let flags = slot.flags.load(Ordering::Relaxed);
-                self.next.set(pos + 1);
-                mem.control().head.0.store(pos + 1, Ordering::Relaxed);
-                if flags & slot_flags::SKIP != 0 {
-                    self.release(mem, pos);
+                slot.pins.fetch_or(bit, Ordering::AcqRel);
+                // SYNC POINT: pairs with the sender's RMW read of `pins` after its claim.
+                if slot.seq.fetch_add(0, Ordering::AcqRel) != pos + 1 {
+                    // Overwritten between the two reads: let the next round see the lag.
+                    slot.pins.fetch_and(!bit, Ordering::AcqRel);
                     continue;
                 }
-                if len > g.max_message {
-                    self.release(mem, pos);
-                    return Err(Corruption(format!(
-                        "message at position {pos} claims {len} bytes, the slot holds {}",
-                        g.max_message
-                    )));
+                self.next.set(pos + 1);
+                self.outstanding.borrow_mut().push_back(false);
+                match self.check_slot(mem, slot, pos)? {
+                    Some(len) => return Ok(Take::Ready { pos, len }),
+                    None => continue,
                 }
-                return Ok(Take::Ready { pos, len });
             }
-            // `pos`: not written yet; `pos - capacity + 1`: our own earlier message in this
-            // slot is still borrowed.
-            if seq == pos || seq.wrapping_add(g.capacity) == pos + 1 {
+            let w = Word::of(seq);
+            let not_yet = seq == pos
+                || (w.claimed && w.pos == pos)
+                || (w.plain() && w.pos + cap == pos + 1)
+                || (w.claimed && w.pos + cap == pos);
+            if not_yet {
                 return Ok(Take::Empty);
             }
-            return Err(Corruption(format!(
-                "slot for position {pos} has sequence {seq}, expected {pos} (empty) or {} (ready)",
-                pos + 1
-            )));
+            if w.pos > pos + 1 {
+                // A sender has already reused this slot for a later position: everything
+                // from `pos` to the oldest message still in the ring is gone.
+                let tail = mem.control().tail.0.load(Ordering::Acquire);
+                let resume = (tail.saturating_sub(cap) + 1).max(pos + 1);
+                let lost_from = pos.max(self.joined_at);
+                let missed = resume.saturating_sub(lost_from);
+                self.skip_to(mem, resume);
+                if missed > 0 {
+                    return Ok(Take::Lagged(missed));
+                }
+                continue;
+            }
+            return Err(corrupt("read", pos, seq));
         }
     }
 
-    /// Frees a taken position for the sender. Returns whether a wake-up was issued.
+    /// Broadcast: moves the cursor forward over positions that were lost.
+    fn skip_to<M: Memory>(&self, mem: &M, resume: u64) {
+        let pos = self.next.get();
+        self.next.set(resume);
+        let mut out = self.outstanding.borrow_mut();
+        for _ in pos..resume {
+            out.push_back(true);
+        }
+        drop(out);
+        self.advance_cursor(mem);
+    }
+
+    /// Broadcast: publishes the oldest position still needed by this subscriber.
+    fn advance_cursor<M: Memory>(&self, mem: &M) {
+        let mut out = self.outstanding.borrow_mut();
+        while out.front() == Some(&true) {
+            out.pop_front();
+        }
+        let cursor = self.next.get() - out.len() as u64;
+        drop(out);
+        mem.participant(Role::Receiver, self.index)
+            .cursor
+            .store(cursor, Ordering::Release);
+    }
+
+    /// Frees a taken position for the senders. Returns whether a wake-up was issued.
     #[inline]
     pub(crate) fn release<M: Memory>(&self, mem: &M, pos: u64) -> bool {
-        let cap = mem.geometry().capacity;
-        mem.slot(pos).seq.store(pos + cap, Ordering::Release);
         let c = mem.control();
+        let slot = mem.slot(pos);
+        if self.delivery.broadcast {
+            slot.pins.fetch_and(!(1u64 << self.index), Ordering::AcqRel);
+            {
+                let mut out = self.outstanding.borrow_mut();
+                let first = self.next.get() - out.len() as u64;
+                if let Some(flag) = pos.checked_sub(first).and_then(|i| out.get_mut(i as usize)) {
+                    *flag = true;
+                }
+            }
+            self.advance_cursor(mem);
+        } else {
+            let cap = mem.geometry().capacity;
+            slot.seq.store(pos + cap, Ordering::Release);
+        }
         wait::notify(c, &c.space.0)
     }
 }

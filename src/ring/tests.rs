@@ -4,10 +4,29 @@ use std::sync::Arc;
 
 use super::*;
 use crate::segment::heap::HeapSegment;
+use crate::segment::layout::slot_flags;
 use crate::segment::layout::Geometry;
+
+const QUEUE: Delivery = Delivery {
+    broadcast: false,
+    drop_oldest: false,
+    history: 0,
+};
 
 fn segment(capacity: u64) -> HeapSegment {
     HeapSegment::new(Geometry::new(capacity, 8, 8, 1, 1).unwrap())
+}
+
+fn segment_n(capacity: u64, senders: u32, receivers: u32) -> HeapSegment {
+    HeapSegment::new(Geometry::new(capacity, 8, 8, senders, receivers).unwrap())
+}
+
+fn producer(mem: &HeapSegment) -> Producer {
+    Producer::new(mem, 0, QUEUE)
+}
+
+fn consumer(mem: &HeapSegment) -> Consumer {
+    Consumer::new(mem, 0, QUEUE)
 }
 
 fn write_u64(mem: &HeapSegment, pos: u64, v: u64) {
@@ -40,13 +59,14 @@ fn recv(mem: &HeapSegment, c: &Consumer) -> Option<u64> {
             Some(v)
         }
         Take::Empty => None,
+        Take::Lagged(n) => panic!("a queue never lags ({n})"),
     }
 }
 
 #[test]
 fn fills_drains_and_wraps() {
     let mem = segment(4);
-    let (p, c) = (Producer::new(&mem), Consumer::new(&mem));
+    let (p, c) = (producer(&mem), consumer(&mem));
     for lap in 0..3u64 {
         for i in 0..4 {
             assert!(send(&mem, &p, lap * 10 + i));
@@ -64,7 +84,7 @@ fn fills_drains_and_wraps() {
 #[test]
 fn held_samples_and_loans_block_their_slot_only() {
     let mem = segment(2);
-    let (p, c) = (Producer::new(&mem), Consumer::new(&mem));
+    let (p, c) = (producer(&mem), consumer(&mem));
     assert!(send(&mem, &p, 1));
     // Take without releasing: the sender cannot reuse that slot.
     let Take::Ready { pos: held, .. } = c.try_take(&mem).unwrap() else {
@@ -83,7 +103,7 @@ fn held_samples_and_loans_block_their_slot_only() {
 #[test]
 fn skipped_slots_are_stepped_over() {
     let mem = segment(4);
-    let (p, c) = (Producer::new(&mem), Consumer::new(&mem));
+    let (p, c) = (producer(&mem), consumer(&mem));
     let Claim::Claimed(a) = p.try_claim(&mem).unwrap() else {
         panic!()
     };
@@ -103,12 +123,12 @@ fn skipped_slots_are_stepped_over() {
 #[test]
 fn foreign_sequence_numbers_are_corruption() {
     let mem = segment(4);
-    let (p, c) = (Producer::new(&mem), Consumer::new(&mem));
+    let (p, c) = (producer(&mem), consumer(&mem));
     mem.slot(0).seq.store(12345, Ordering::Relaxed);
     assert!(c.try_take(&mem).is_err());
     assert!(p.try_claim(&mem).is_err());
     let mem = segment(4);
-    let (p, c) = (Producer::new(&mem), Consumer::new(&mem));
+    let (p, c) = (producer(&mem), consumer(&mem));
     assert!(send(&mem, &p, 1));
     mem.slot(0).len.store(1 << 20, Ordering::Relaxed);
     let err = c.try_take(&mem).unwrap_err();
@@ -118,36 +138,56 @@ fn foreign_sequence_numbers_are_corruption() {
 #[test]
 fn dead_sender_loans_are_reclaimed() {
     let mem = segment(4);
-    assert_eq!(attach(&mem, Role::Sender).unwrap(), Some(0));
-    let rx = attach(&mem, Role::Receiver).unwrap().unwrap();
-    let (p, c) = (Producer::new(&mem), Consumer::new(&mem));
+    assert_eq!(attach(&mem, Role::Sender, QUEUE).unwrap(), Some(0));
+    let rx = attach(&mem, Role::Receiver, QUEUE).unwrap().unwrap();
+    let (p, c) = (producer(&mem), consumer(&mem));
     assert!(send(&mem, &p, 1));
     let Claim::Claimed(_) = p.try_claim(&mem).unwrap() else {
         panic!()
     };
+    assert!(send(&mem, &p, 3));
+    assert_eq!(recv(&mem, &c), Some(1));
+    assert_eq!(
+        recv(&mem, &c),
+        None,
+        "a live loan blocks what comes after it"
+    );
     // The sender "dies": its entry lock goes away, its state stays ACTIVE.
     mem.disown(Role::Sender, 0);
     assert_eq!(peers(&mem, Role::Sender, true), Peers::Gone);
-    assert_eq!(recv(&mem, &c), Some(1));
-    assert_eq!(recv(&mem, &c), None, "the dead loan still blocks");
-    // A new sender takes over the entry and reclaims the dead loan.
-    mem.participant(Role::Sender, 0)
-        .state
-        .store(state::ACTIVE, Ordering::Relaxed);
-    assert_eq!(attach(&mem, Role::Sender).unwrap(), Some(0));
-    let p2 = Producer::new(&mem);
-    assert!(send(&mem, &p2, 2));
-    assert_eq!(recv(&mem, &c), Some(2));
+    assert_eq!(recv(&mem, &c), Some(3), "the dead loan was committed empty");
+    assert_eq!(recv(&mem, &c), None);
+    // A new sender takes the entry.
+    assert_eq!(attach(&mem, Role::Sender, QUEUE).unwrap(), Some(0));
+    let p2 = producer(&mem);
+    assert!(send(&mem, &p2, 4));
+    assert_eq!(recv(&mem, &c), Some(4));
     assert_eq!(peers(&mem, Role::Sender, true), Peers::Attached);
     detach(&mem, Role::Receiver, rx);
     assert_eq!(peers(&mem, Role::Receiver, false), Peers::Gone);
 }
 
 #[test]
+fn dead_sender_found_by_takeover_is_reclaimed() {
+    let mem = segment_n(4, 2, 1);
+    assert_eq!(attach(&mem, Role::Sender, QUEUE).unwrap(), Some(0));
+    let p = Producer::new(&mem, 0, QUEUE);
+    let c = consumer(&mem);
+    let Claim::Claimed(_) = p.try_claim(&mem).unwrap() else {
+        panic!()
+    };
+    mem.disown(Role::Sender, 0); // dies holding the loan; nobody noticed yet
+    assert_eq!(attach(&mem, Role::Sender, QUEUE).unwrap(), Some(0));
+    let p2 = Producer::new(&mem, 0, QUEUE);
+    assert!(send(&mem, &p2, 8));
+    assert_eq!(recv(&mem, &c), Some(8));
+}
+
+#[test]
 fn dead_receiver_samples_are_reclaimed() {
     let mem = segment(2);
-    let (p, c) = (Producer::new(&mem), Consumer::new(&mem));
-    assert_eq!(attach(&mem, Role::Receiver).unwrap(), Some(0));
+    let (p, c) = (producer(&mem), consumer(&mem));
+    assert_eq!(attach(&mem, Role::Receiver, QUEUE).unwrap(), Some(0));
     assert!(send(&mem, &p, 1));
     assert!(send(&mem, &p, 2));
     let Take::Ready { .. } = c.try_take(&mem).unwrap() else {
@@ -155,9 +195,9 @@ fn dead_receiver_samples_are_reclaimed() {
     };
     mem.disown(Role::Receiver, 0); // dies holding the sample
     assert!(!send(&mem, &p, 3));
-    assert_eq!(attach(&mem, Role::Receiver).unwrap(), Some(0));
+    assert_eq!(attach(&mem, Role::Receiver, QUEUE).unwrap(), Some(0));
     assert!(send(&mem, &p, 3), "the dead receiver's slot was released");
-    let c2 = Consumer::new(&mem);
+    let c2 = consumer(&mem);
     assert_eq!(recv(&mem, &c2), Some(2));
     assert_eq!(recv(&mem, &c2), Some(3));
 }
@@ -165,16 +205,16 @@ fn dead_receiver_samples_are_reclaimed() {
 #[test]
 fn only_one_participant_per_role() {
     let mem = segment(2);
-    assert_eq!(attach(&mem, Role::Sender).unwrap(), Some(0));
-    assert_eq!(attach(&mem, Role::Sender).unwrap(), None);
+    assert_eq!(attach(&mem, Role::Sender, QUEUE).unwrap(), Some(0));
+    assert_eq!(attach(&mem, Role::Sender, QUEUE).unwrap(), None);
     assert_eq!(peers(&mem, Role::Receiver, false), Peers::NeverAttached);
 }
 
 #[test]
 fn left_behind_segment_keeps_committed_messages() {
     let mem = segment(4);
-    attach(&mem, Role::Sender).unwrap();
-    let p = Producer::new(&mem);
+    attach(&mem, Role::Sender, QUEUE).unwrap();
+    let p = producer(&mem);
     assert!(send(&mem, &p, 41));
     let Claim::Claimed(_) = p.try_claim(&mem).unwrap() else {
         panic!()
@@ -182,7 +222,7 @@ fn left_behind_segment_keeps_committed_messages() {
     mem.disown(Role::Sender, 0);
     recover_left_behind(&mem);
     assert_eq!(peers(&mem, Role::Sender, true), Peers::NeverAttached);
-    let c = Consumer::new(&mem);
+    let c = consumer(&mem);
     assert_eq!(recv(&mem, &c), Some(41));
     assert_eq!(recv(&mem, &c), None);
 }
@@ -193,14 +233,14 @@ fn threads_stream_in_order() {
     let mem = Arc::new(segment(64));
     let m = mem.clone();
     let producer = std::thread::spawn(move || {
-        let p = Producer::new(&*m);
+        let p = producer(&m);
         for i in 0..N {
             while !send(&m, &p, i) {
                 std::hint::spin_loop();
             }
         }
     });
-    let c = Consumer::new(&*mem);
+    let c = consumer(&mem);
     for i in 0..N {
         loop {
             if let Some(v) = recv(&mem, &c) {
@@ -211,4 +251,226 @@ fn threads_stream_in_order() {
         }
     }
     producer.join().unwrap();
+}
+
+const BROADCAST: Delivery = Delivery {
+    broadcast: true,
+    drop_oldest: false,
+    history: 0,
+};
+
+fn read_all(mem: &HeapSegment, c: &Consumer) -> (Vec<u64>, u64) {
+    let (mut got, mut lagged) = (Vec::new(), 0);
+    loop {
+        match c.try_take(mem).unwrap() {
+            Take::Ready { pos, .. } => {
+                got.push(read_u64(mem, pos));
+                c.release(mem, pos);
+            }
+            Take::Lagged(n) => lagged += n,
+            Take::Empty => return (got, lagged),
+        }
+    }
+}
+
+#[test]
+fn many_senders_many_receivers_deliver_exactly_once() {
+    const SENDERS: u64 = 4;
+    const PER: u64 = 20_000;
+    let mem = Arc::new(segment_n(64, 4, 4));
+    let done = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let mut handles = Vec::new();
+    for s in 0..SENDERS {
+        let m = mem.clone();
+        handles.push(std::thread::spawn(move || {
+            let p = Producer::new(&*m, s as u32, QUEUE);
+            for i in 0..PER {
+                while !send(&m, &p, s << 32 | i) {
+                    std::thread::yield_now();
+                }
+            }
+        }));
+    }
+    let receivers: Vec<_> = (0..4u32)
+        .map(|r| {
+            let m = mem.clone();
+            let done = done.clone();
+            std::thread::spawn(move || {
+                let c = Consumer::new(&*m, r, QUEUE);
+                let mut got = Vec::new();
+                while done.load(std::sync::atomic::Ordering::Relaxed) < SENDERS * PER {
+                    match recv(&m, &c) {
+                        Some(v) => {
+                            got.push(v);
+                            done.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        }
+                        None => std::thread::yield_now(),
+                    }
+                }
+                got
+            })
+        })
+        .collect();
+    for h in handles {
+        h.join().unwrap();
+    }
+    let mut all = Vec::new();
+    for r in receivers {
+        let got = r.join().unwrap();
+        // Per-sender order holds within what each receiver saw.
+        for s in 0..SENDERS {
+            let mine: Vec<u64> = got.iter().filter(|v| *v >> 32 == s).copied().collect();
+            assert!(
+                mine.windows(2).all(|w| w[0] < w[1]),
+                "sender {s} out of order"
+            );
+        }
+        all.extend(got);
+    }
+    all.sort_unstable();
+    let expected: Vec<u64> = (0..SENDERS)
+        .flat_map(|s| (0..PER).map(move |i| s << 32 | i))
+        .collect();
+    assert_eq!(all, expected, "every message exactly once");
+}
+
+#[test]
+fn broadcast_every_subscriber_sees_every_message() {
+    let mem = segment_n(8, 1, 3);
+    let subs: Vec<Consumer> = (0..3)
+        .map(|_| {
+            let i = attach(&mem, Role::Receiver, BROADCAST).unwrap().unwrap();
+            Consumer::new(&mem, i, BROADCAST)
+        })
+        .collect();
+    let p = Producer::new(&mem, 0, BROADCAST);
+    let mut seen = vec![Vec::new(); 3];
+    for v in 0..100 {
+        while !send(&mem, &p, v) {
+            // Full until the slowest subscriber reads: drain all of them.
+            for (i, c) in subs.iter().enumerate() {
+                let (got, lagged) = read_all(&mem, c);
+                assert_eq!(lagged, 0);
+                seen[i].extend(got);
+            }
+        }
+    }
+    for (i, c) in subs.iter().enumerate() {
+        seen[i].extend(read_all(&mem, c).0);
+        assert_eq!(seen[i], (0..100).collect::<Vec<_>>(), "subscriber {i}");
+    }
+}
+
+#[test]
+fn broadcast_block_waits_for_the_slowest_subscriber() {
+    let mem = segment_n(4, 1, 2);
+    let fast = Consumer::new(
+        &mem,
+        attach(&mem, Role::Receiver, BROADCAST).unwrap().unwrap(),
+        BROADCAST,
+    );
+    let slow = Consumer::new(
+        &mem,
+        attach(&mem, Role::Receiver, BROADCAST).unwrap().unwrap(),
+        BROADCAST,
+    );
+    let p = Producer::new(&mem, 0, BROADCAST);
+    for v in 0..4 {
+        assert!(send(&mem, &p, v));
+    }
+    assert_eq!(read_all(&mem, &fast).0, vec![0, 1, 2, 3]);
+    assert!(
+        !send(&mem, &p, 4),
+        "the slow subscriber has not read position 0"
+    );
+    let Take::Ready { pos, .. } = slow.try_take(&mem).unwrap() else {
+        panic!()
+    };
+    assert!(!send(&mem, &p, 4), "it is still reading it in place");
+    slow.release(&mem, pos);
+    assert!(send(&mem, &p, 4));
+    // A subscriber that dies no longer holds the sender back once found dead.
+    let dead = attach(&mem, Role::Receiver, BROADCAST).unwrap();
+    assert!(dead.is_none(), "only two subscriber entries");
+    mem.disown(Role::Receiver, 1);
+    assert_eq!(peers(&mem, Role::Receiver, true), Peers::Attached);
+    assert_eq!(read_all(&mem, &fast).0, vec![4]);
+    for v in 5..9 {
+        assert!(send(&mem, &p, v), "the dead subscriber's cursor is ignored");
+    }
+}
+
+#[test]
+fn broadcast_drop_oldest_reports_exact_lag_and_never_overwrites_a_pinned_slot() {
+    let drop = Delivery {
+        broadcast: true,
+        drop_oldest: true,
+        history: 0,
+    };
+    let mem = segment_n(8, 1, 2);
+    let reader = Consumer::new(
+        &mem,
+        attach(&mem, Role::Receiver, drop).unwrap().unwrap(),
+        drop,
+    );
+    let holder = Consumer::new(
+        &mem,
+        attach(&mem, Role::Receiver, drop).unwrap().unwrap(),
+        drop,
+    );
+    let p = Producer::new(&mem, 0, drop);
+    assert!(send(&mem, &p, 1000));
+    let Take::Ready { pos: held, .. } = holder.try_take(&mem).unwrap() else {
+        panic!()
+    };
+    for v in 0..100 {
+        assert!(send(&mem, &p, v), "DropOldest never waits");
+    }
+    assert_eq!(
+        read_u64(&mem, held),
+        1000,
+        "a pinned payload is never overwritten"
+    );
+    holder.release(&mem, held);
+    let (got, lagged) = read_all(&mem, &reader);
+    assert!(lagged > 0);
+    assert!(!got.is_empty());
+    // Positions: 1 + 100 sent, plus the ones committed empty because of the pin. Every
+    // message is either delivered or counted as missed, and what arrives is the newest.
+    assert_eq!(*got.last().unwrap(), 99);
+    assert!(got.windows(2).all(|w| w[0] < w[1]));
+    let positions = mem.control().tail.0.load(Ordering::Relaxed);
+    assert_eq!(
+        lagged + got.len() as u64 + skipped(&mem, positions),
+        positions
+    );
+}
+
+/// Positions committed empty among the last `capacity` (the rest were overwritten).
+fn skipped(mem: &HeapSegment, tail: u64) -> u64 {
+    let cap = mem.geometry().capacity;
+    (tail.saturating_sub(cap)..tail)
+        .filter(|&pos| mem.slot(pos).flags.load(Ordering::Relaxed) & slot_flags::SKIP != 0)
+        .count() as u64
+}
+
+#[test]
+fn broadcast_history_for_late_subscribers() {
+    let hist = Delivery {
+        broadcast: true,
+        drop_oldest: false,
+        history: 3,
+    };
+    let mem = segment_n(8, 1, 2);
+    let p = Producer::new(&mem, 0, hist);
+    for v in 0..5 {
+        assert!(send(&mem, &p, v));
+    }
+    let late = Consumer::new(
+        &mem,
+        attach(&mem, Role::Receiver, hist).unwrap().unwrap(),
+        hist,
+    );
+    assert!(send(&mem, &p, 5));
+    assert_eq!(read_all(&mem, &late), (vec![2, 3, 4, 5], 0));
 }

@@ -22,7 +22,7 @@ use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
 /// Identifies a shmbus segment.
 pub(crate) const MAGIC: [u8; 8] = *b"SHMBUS\0\0";
 /// Bumped on every incompatible change of this layout.
-pub(crate) const LAYOUT_VERSION: u32 = 1;
+pub(crate) const LAYOUT_VERSION: u32 = 2;
 /// Size reserved for [`Header`].
 pub(crate) const HEADER_SIZE: usize = 256;
 /// Where [`Control`] starts.
@@ -32,7 +32,7 @@ pub(crate) const READY_OFFSET: usize = 12;
 /// `ready` value once the creator has finished initialising the segment.
 pub(crate) const READY: u32 = 0x5245_4459; // "READY"
 /// Size of [`SlotHeader`].
-pub(crate) const SLOT_HEADER_SIZE: usize = 16;
+pub(crate) const SLOT_HEADER_SIZE: usize = 24;
 /// Page size assumed for alignment of the ring (and the largest message alignment).
 pub(crate) const PAGE: usize = 4096;
 /// Upper bound on capacity (slots).
@@ -46,12 +46,20 @@ pub(crate) const MAX_PARTICIPANTS: u32 = 64;
 /// Stored type names are truncated to this many bytes.
 pub(crate) const TYPE_NAME_LEN: usize = 64;
 
-/// Delivery mode recorded in the header.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[repr(u32)]
-pub(crate) enum Mode {
-    /// One sender, one receiver, every message delivered once, in order.
-    SingleProducerSingleConsumer = 1,
+/// Delivery mode recorded in the header (`Header::mode`).
+pub(crate) mod mode {
+    /// Each message goes to exactly one receiver.
+    pub(crate) const QUEUE: u32 = 1;
+    /// Every subscriber receives every message.
+    pub(crate) const BROADCAST: u32 = 2;
+}
+
+/// Overflow policy recorded in the header (`Header::overflow`).
+pub(crate) mod overflow {
+    /// Senders wait for the slowest receiver.
+    pub(crate) const BLOCK: u32 = 1;
+    /// Senders overwrite the oldest message (broadcast only).
+    pub(crate) const DROP_OLDEST: u32 = 2;
 }
 
 /// The creator's description of the segment. Immutable once `ready` is set.
@@ -78,7 +86,12 @@ pub(crate) struct Header {
     pub(crate) type_name_len: u32,
     pub(crate) created_unix_ns: u64,
     pub(crate) type_name: [u8; TYPE_NAME_LEN],
-    pub(crate) reserved: [u8; 88],
+    /// Reserved for the wake strategy.
+    pub(crate) reserved_wake: [u8; 8],
+    pub(crate) overflow: u32,
+    /// Broadcast: how many past messages a new subscriber is offered.
+    pub(crate) history: u32,
+    pub(crate) reserved: [u8; 72],
 }
 const _: () = assert!(core::mem::size_of::<Header>() == HEADER_SIZE);
 const _: () = assert!(core::mem::offset_of!(Header, ready) == READY_OFFSET);
@@ -149,14 +162,20 @@ pub(crate) struct Participant {
     pub(crate) state: AtomicU32,
     /// The owner's pid (informational: liveness comes from the entry's lock).
     pub(crate) pid: AtomicU32,
+    /// Broadcast subscribers: the oldest position this subscriber still needs. Senders
+    /// that block wait until every active subscriber's cursor is past a slot's old message.
+    pub(crate) cursor: AtomicU64,
 }
 
 /// The per-slot header, in the same cache line as the start of the payload.
 #[repr(C)]
 pub(crate) struct SlotHeader {
-    /// Vyukov sequence: `pos` when free for position `pos`, `pos + 1` when committed,
-    /// `pos + capacity` after the receiver released it.
+    /// Sequence word: a position in the low 56 bits and a tag in the top byte; see
+    /// [`crate::ring`] for the states.
     pub(crate) seq: AtomicU64,
+    /// Broadcast: one bit per subscriber that is reading this slot's message in place.
+    /// A sender never writes the payload of a slot with a bit set.
+    pub(crate) pins: AtomicU64,
     /// Payload length in bytes.
     pub(crate) len: AtomicU32,
     /// [`slot_flags`].
@@ -174,6 +193,7 @@ pub(crate) mod slot_flags {
 const _: () = {
     assert!(core::mem::size_of::<SlotHeader>() == SLOT_HEADER_SIZE);
     assert!(core::mem::size_of::<Participant>() == 64);
+    assert!(core::mem::offset_of!(SlotHeader, len) == 16);
     assert!(core::mem::size_of::<Control>() == 5 * 128);
 };
 
@@ -210,7 +230,7 @@ impl Geometry {
     ) -> Result<Geometry, GeometryError> {
         // At least 2: with one slot, "released for the next lap" (pos + capacity) and
         // "committed" (pos + 1) would be the same sequence number.
-        if capacity < 2 || capacity > MAX_CAPACITY || !capacity.is_power_of_two() {
+        if !(2..=MAX_CAPACITY).contains(&capacity) || !capacity.is_power_of_two() {
             return Err(format!(
                 "capacity {capacity} is not a power of two between 2 and {MAX_CAPACITY}"
             ));
@@ -273,8 +293,15 @@ impl Geometry {
         if h.header_size as usize != HEADER_SIZE {
             return Err(format!("header size {} != {HEADER_SIZE}", h.header_size));
         }
-        if h.mode != Mode::SingleProducerSingleConsumer as u32 {
+        if h.mode != mode::QUEUE && h.mode != mode::BROADCAST {
             return Err(format!("unknown delivery mode {}", h.mode));
+        }
+        match (h.mode, h.overflow) {
+            (_, overflow::BLOCK) | (mode::BROADCAST, overflow::DROP_OLDEST) => {}
+            _ => return Err(format!("invalid overflow policy {}", h.overflow)),
+        }
+        if h.history as u64 >= h.capacity || (h.history != 0 && h.mode != mode::BROADCAST) {
+            return Err(format!("history {} does not fit the channel", h.history));
         }
         if h.type_name_len as usize > TYPE_NAME_LEN {
             return Err(format!("type name length {}", h.type_name_len));
@@ -335,6 +362,7 @@ impl Participant {
         Participant {
             state: AtomicU32::new(state::FREE),
             pid: AtomicU32::new(0),
+            cursor: AtomicU64::new(0),
         }
     }
 }
@@ -345,6 +373,7 @@ impl SlotHeader {
     pub(crate) fn new(index: u64) -> SlotHeader {
         SlotHeader {
             seq: AtomicU64::new(index),
+            pins: AtomicU64::new(0),
             len: AtomicU32::new(0),
             flags: AtomicU32::new(0),
         }
@@ -358,10 +387,12 @@ mod tests {
     #[test]
     fn footprint_formula() {
         let g = Geometry::new(1024, 24, 8, 1, 1).unwrap();
-        assert_eq!(g.payload_offset, 16);
+        assert_eq!(g.payload_offset, 24);
         assert_eq!(g.stride, 64);
         assert_eq!(g.ring_offset, 4096);
         assert_eq!(g.total_size, 4096 + 1024 * 64);
+        let g = Geometry::new(1024, 64, 8, 8, 8).unwrap();
+        assert_eq!(g.stride, 128);
         let g = Geometry::new(8, 100, 64, 1, 1).unwrap();
         assert_eq!(g.payload_offset, 64);
         assert_eq!(g.stride, 192);

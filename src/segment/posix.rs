@@ -19,14 +19,14 @@
 use std::fs::File;
 use std::io;
 use std::os::fd::AsFd;
-use std::os::unix::fs::MetadataExt;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use memmap2::MmapRaw;
 use zerocopy::{FromBytes, IntoBytes};
 
 use super::layout::{
-    Control, Geometry, Header, Mode, Participant, SlotHeader, HEADER_SIZE, LAYOUT_VERSION, MAGIC,
+    Control, Geometry, Header, Participant, SlotHeader, HEADER_SIZE, LAYOUT_VERSION, MAGIC,
     MAX_PARTICIPANTS, READY, READY_OFFSET, TYPE_NAME_LEN,
 };
 use super::{Memory, Role};
@@ -53,6 +53,13 @@ pub(crate) struct Spec {
     pub(crate) msg_align: u32,
     /// Used only when creating.
     pub(crate) geometry: Geometry,
+    /// Delivery mode (`layout::mode`); checked when opening if `mode_explicit`.
+    pub(crate) mode: u32,
+    pub(crate) mode_explicit: bool,
+    /// Overflow policy (`layout::overflow`), used only when creating.
+    pub(crate) overflow: u32,
+    /// Broadcast history, used only when creating.
+    pub(crate) history: u32,
     pub(crate) file_mode: u32,
 }
 
@@ -76,6 +83,8 @@ pub(crate) enum SegmentError {
         found_encoding: u32,
     },
     Corrupt(String),
+    /// The channel's delivery mode is not the one asked for.
+    ModeMismatch(String),
     NoSpace(io::Error),
     Io(&'static str, io::Error),
 }
@@ -85,6 +94,7 @@ pub(crate) struct PosixSegment {
     file: File,
     map: MmapRaw,
     geometry: Geometry,
+    header: Header,
     /// Opened with nobody else in it although it was ready: left by processes that are gone.
     /// We hold the lifetime lock exclusively until [`share`](Self::share).
     left_behind: bool,
@@ -216,7 +226,7 @@ impl PosixSegment {
             msg_size: spec.msg_size,
             msg_align: spec.msg_align,
             max_message: g.max_message,
-            mode: Mode::SingleProducerSingleConsumer as u32,
+            mode: spec.mode,
             capacity: g.capacity,
             stride: g.stride,
             ring_offset: g.ring_offset,
@@ -229,13 +239,17 @@ impl PosixSegment {
                 .duration_since(UNIX_EPOCH)
                 .map_or(0, |d| d.as_nanos() as u64),
             type_name,
-            reserved: [0; 88],
+            reserved_wake: [0; 8],
+            overflow: spec.overflow,
+            history: spec.history,
+            reserved: [0; 72],
         };
         let seg = PosixSegment {
             object: object.to_owned(),
             file,
             map,
             geometry: g,
+            header,
             left_behind: false,
         };
         let bytes = header.as_bytes();
@@ -290,6 +304,17 @@ impl PosixSegment {
             };
             return Err((file, err));
         }
+        if spec.mode_explicit && header.mode != spec.mode {
+            let reason = format!(
+                "the channel was created for {} delivery",
+                if header.mode == super::layout::mode::BROADCAST {
+                    "broadcast"
+                } else {
+                    "queue"
+                }
+            );
+            return Err((file, SegmentError::ModeMismatch(reason)));
+        }
         if spec.encoding == crate::Encoding::ZeroCopy as u32 && header.max_message != spec.msg_size
         {
             let reason = format!(
@@ -309,6 +334,7 @@ impl PosixSegment {
             file,
             map,
             geometry,
+            header,
             left_behind: alone,
         })
     }
@@ -317,6 +343,35 @@ impl PosixSegment {
     /// it and hold it exclusively until [`share`](Self::share)).
     pub(crate) fn left_behind(&self) -> bool {
         self.left_behind
+    }
+
+    /// Opens a second handle on the same segment, with its own open file description (its
+    /// own locks), even if the name was unlinked meanwhile.
+    pub(crate) fn duplicate(&self) -> io::Result<PosixSegment> {
+        let path = format!(
+            "/proc/self/fd/{}",
+            std::os::fd::AsRawFd::as_raw_fd(&self.file)
+        );
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .custom_flags(libc::O_CLOEXEC)
+            .open(path)?;
+        lock::lock_wait(file.as_fd(), LIFE_LOCK, lock::Kind::Shared)?;
+        let map = shm::map(&file, self.geometry.total_size as usize)?;
+        Ok(PosixSegment {
+            object: self.object.clone(),
+            file,
+            map,
+            geometry: self.geometry,
+            header: self.header,
+            left_behind: false,
+        })
+    }
+
+    /// The channel's delivery mode, overflow policy and history (validated).
+    pub(crate) fn delivery(&self) -> (u32, u32, u32) {
+        (self.header.mode, self.header.overflow, self.header.history)
     }
 
     /// Lets other handles in (after recovering a left-behind segment).
