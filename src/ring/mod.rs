@@ -456,17 +456,32 @@ impl Producer {
                 }
                 return Ok(Claim::Claimed(pos));
             }
-            // The slot already went past `pos`: the shared tail is behind; help it along.
-            let past = (w.claimed && w.pos == pos) || (!w.claimed && w.pos > pos);
-            if past && !self.single {
-                let _ = tail.compare_exchange(pos, pos + 1, Ordering::AcqRel, Ordering::Relaxed);
-                continue;
-            }
-            // The slot still holds the previous lap: claimed, committed or taken.
+            // The slot still holds the previous lap (claimed, committed or taken): full,
+            // unless another sender moved the tail meanwhile.
             let previous_lap =
                 (w.claimed && w.pos + cap == pos) || (!w.claimed && w.pos + cap == pos + 1);
+            let stale = |now: u64| !self.single && now != pos;
             if previous_lap {
+                if stale(tail.load(Ordering::Acquire)) {
+                    continue;
+                }
                 return Ok(Claim::Full);
+            }
+            // The slot is already past `pos`: our view of the tail is stale (another sender
+            // claimed `pos`, maybe several laps ago). Reload it; if it has not moved, the
+            // claimer has not advanced it yet: help it along.
+            let ahead = w.pos > pos || (w.claimed && w.pos == pos);
+            if ahead && !self.single {
+                if stale(tail.load(Ordering::Acquire)) {
+                    continue;
+                }
+                let just_claimed = (w.claimed && w.pos == pos)
+                    || (!w.claimed && (w.pos == pos + 1 || w.pos == pos + cap));
+                if just_claimed {
+                    let _ =
+                        tail.compare_exchange(pos, pos + 1, Ordering::AcqRel, Ordering::Relaxed);
+                    continue;
+                }
             }
             return Err(corrupt("claim", pos, seq));
         }
@@ -546,16 +561,27 @@ impl Consumer {
                 }
             }
             let w = Word::of(seq);
-            // Not committed yet, or our own (or another receiver's) message of the previous
-            // lap is still being read.
+            let stale = |now: u64| !self.single && now != pos;
+            // Not committed yet, or a message of the previous lap is still being read.
             if seq == pos || (w.claimed && w.pos == pos) || (w.taken && w.pos + cap == pos + 1) {
+                if stale(head.load(Ordering::Acquire)) {
+                    continue;
+                }
                 return Ok(Take::Empty);
             }
-            // Taken or released already: the shared head is behind; help it along.
-            if !self.single && ((w.taken && w.pos == pos + 1) || (w.plain() && w.pos == pos + cap))
-            {
-                let _ = head.compare_exchange(pos, pos + 1, Ordering::AcqRel, Ordering::Relaxed);
-                continue;
+            // The slot is already past `pos`: our view of the head is stale. Reload it; if it
+            // has not moved, the taker has not advanced it yet: help it along.
+            let ahead =
+                w.pos > pos + 1 || (w.taken && w.pos == pos + 1) || (w.claimed && w.pos > pos);
+            if ahead && !self.single {
+                if stale(head.load(Ordering::Acquire)) {
+                    continue;
+                }
+                if (w.taken && w.pos == pos + 1) || (w.plain() && w.pos == pos + cap) {
+                    let _ =
+                        head.compare_exchange(pos, pos + 1, Ordering::AcqRel, Ordering::Relaxed);
+                    continue;
+                }
             }
             return Err(corrupt("take", pos, seq));
         }
@@ -620,7 +646,9 @@ impl Consumer {
                 // A sender has already reused this slot for a later position: everything
                 // from `pos` to the oldest message still in the ring is gone.
                 let tail = mem.control().tail.0.load(Ordering::Acquire);
-                let resume = (tail.saturating_sub(cap) + 1).max(pos + 1);
+                // The oldest slot may be being claimed again right now: reading it is safe
+                // (the pin handshake), at worst it reports one more lag.
+                let resume = tail.saturating_sub(cap).max(pos + 1);
                 let lost_from = pos.max(self.joined_at);
                 let missed = resume.saturating_sub(lost_from);
                 self.skip_to(mem, resume);
