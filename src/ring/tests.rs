@@ -236,7 +236,7 @@ fn threads_stream_in_order() {
         let p = producer(&m);
         for i in 0..N {
             while !send(&m, &p, i) {
-                std::hint::spin_loop();
+                std::thread::yield_now();
             }
         }
     });
@@ -247,7 +247,7 @@ fn threads_stream_in_order() {
                 assert_eq!(v, i);
                 break;
             }
-            std::hint::spin_loop();
+            std::thread::yield_now();
         }
     }
     producer.join().unwrap();
