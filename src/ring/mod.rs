@@ -140,8 +140,8 @@ pub(crate) struct Consumer {
     single: bool,
     delivery: Delivery,
     next: Cell<u64>,
-    /// Broadcast: positions read since the cursor, and whether each was released.
-    outstanding: RefCell<VecDeque<bool>>,
+    /// Broadcast: positions read but not released yet, oldest first.
+    outstanding: RefCell<VecDeque<u64>>,
     /// Broadcast: positions before this were sent before the subscriber joined.
     joined_at: u64,
 }
@@ -391,6 +391,7 @@ impl Producer {
     pub(crate) fn try_claim<M: Memory>(&self, mem: &M) -> Result<Claim, Corruption> {
         let cap = mem.geometry().capacity;
         let tail = &mem.control().tail.0;
+        let mut skipped = 0;
         loop {
             let pos = if self.single {
                 self.next.get()
@@ -450,8 +451,13 @@ impl Producer {
                 }
                 if self.delivery.broadcast && slot.pins.fetch_or(0, Ordering::AcqRel) != 0 {
                     // A subscriber still reads the old message in place: leave the payload
-                    // alone and give this position no message.
+                    // alone and give this position no message. After a ring's worth of
+                    // pinned slots (only a foreign writer can do that), report full.
                     self.commit(mem, pos, 0, true);
+                    skipped += 1;
+                    if skipped >= cap {
+                        return Ok(Claim::Full);
+                    }
                     continue;
                 }
                 return Ok(Claim::Claimed(pos));
@@ -536,6 +542,9 @@ impl Consumer {
             } else {
                 head.load(Ordering::Acquire)
             };
+            if pos > POS_MASK - cap {
+                return Err(Corruption(format!("head {pos} is beyond the position space")));
+            }
             let slot = mem.slot(pos);
             let seq = slot.seq.load(Ordering::Acquire);
             if seq == pos + 1 {
@@ -617,6 +626,9 @@ impl Consumer {
         let bit = 1u64 << self.index;
         loop {
             let pos = self.next.get();
+            if pos > POS_MASK - cap {
+                return Err(Corruption(format!("cursor {pos} is beyond the position space")));
+            }
             let slot = mem.slot(pos);
             let seq = slot.seq.load(Ordering::Acquire);
             if seq == pos + 1 {
@@ -628,7 +640,7 @@ impl Consumer {
                     continue;
                 }
                 self.next.set(pos + 1);
-                self.outstanding.borrow_mut().push_back(false);
+                self.outstanding.borrow_mut().push_back(pos);
                 match self.check_slot(mem, slot, pos)? {
                     Some(len) => return Ok(Take::Ready { pos, len }),
                     None => continue,
@@ -646,6 +658,9 @@ impl Consumer {
                 // A sender has already reused this slot for a later position: everything
                 // from `pos` to the oldest message still in the ring is gone.
                 let tail = mem.control().tail.0.load(Ordering::Acquire);
+                if tail > POS_MASK {
+                    return Err(Corruption(format!("tail {tail} is beyond the position space")));
+                }
                 // The oldest slot may be being claimed again right now: reading it is safe
                 // (the pin handshake), at worst it reports one more lag.
                 let resume = tail.saturating_sub(cap).max(pos + 1);
@@ -663,24 +678,18 @@ impl Consumer {
 
     /// Broadcast: moves the cursor forward over positions that were lost.
     fn skip_to<M: Memory>(&self, mem: &M, resume: u64) {
-        let pos = self.next.get();
         self.next.set(resume);
-        let mut out = self.outstanding.borrow_mut();
-        for _ in pos..resume {
-            out.push_back(true);
-        }
-        drop(out);
         self.advance_cursor(mem);
     }
 
     /// Broadcast: publishes the oldest position still needed by this subscriber.
     fn advance_cursor<M: Memory>(&self, mem: &M) {
-        let mut out = self.outstanding.borrow_mut();
-        while out.front() == Some(&true) {
-            out.pop_front();
-        }
-        let cursor = self.next.get() - out.len() as u64;
-        drop(out);
+        let cursor = self
+            .outstanding
+            .borrow()
+            .front()
+            .copied()
+            .unwrap_or(self.next.get());
         mem.participant(Role::Receiver, self.index)
             .cursor
             .store(cursor, Ordering::Release);
@@ -695,9 +704,8 @@ impl Consumer {
             slot.pins.fetch_and(!(1u64 << self.index), Ordering::AcqRel);
             {
                 let mut out = self.outstanding.borrow_mut();
-                let first = self.next.get() - out.len() as u64;
-                if let Some(flag) = pos.checked_sub(first).and_then(|i| out.get_mut(i as usize)) {
-                    *flag = true;
+                if let Some(i) = out.iter().position(|&p| p == pos) {
+                    out.remove(i);
                 }
             }
             self.advance_cursor(mem);
