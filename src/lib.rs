@@ -73,11 +73,27 @@
 //! it is read, which can yield odd values but never invalid ones, since every bit pattern
 //! is a valid zero-copy message.
 //!
-//! # Limits of this version
+//! # A bus
 //!
-//! One sender and one receiver per channel ([`OpenError::TooManyParticipants`] otherwise).
+//! A channel has up to [`Options::max_senders`] senders and [`Options::max_receivers`]
+//! receivers (8 each by default, at most 64), in any processes; more is an
+//! [`OpenError::TooManyParticipants`]. Its [`Delivery`] is fixed at creation:
+//!
+//! * [`Delivery::Queue`]: each message goes to exactly one receiver (competing consumers);
+//! * [`Delivery::Broadcast`]: every subscriber reads every message sent after it joined,
+//!   in place, plus an optional [`Options::history`] of recent messages.
+//!
+//! With [`Overflow::Block`] (the default) senders wait for the slowest receiver and nothing
+//! is lost; with [`Overflow::DropOldest`] (broadcast) senders never wait and a subscriber
+//! that fell behind gets [`RecvError::Lagged`] with the number of messages it missed.
+//! Messages arrive in the order their slots were claimed, so each sender's messages arrive
+//! in the order it sent them.
+//!
+//! [`Client`] and [`Server`] build request-response on top: many clients, each response
+//! routed to the client that asked, per-request timeouts, [`RequestError::ServerGone`].
+//!
 //! `Sender` and `Receiver` are `Send` but not `Sync`: move a handle to the thread that uses
-//! it.
+//! it, or give each thread its own ([`Sender::try_clone`]).
 #![deny(unsafe_op_in_unsafe_fn)]
 
 extern crate self as shmbus;

@@ -16,7 +16,8 @@ use crate::segment::{Memory, Role};
 
 /// The receiving end of a channel.
 ///
-/// A channel has one receiver at a time (in any process). Zero-copy messages are read where
+/// A channel has up to [`Options::max_receivers`] receivers, in any processes; in a
+/// broadcast channel each is a subscriber. Zero-copy messages are read where
 /// they lie in shared memory: [`recv`](Self::recv) returns a [`Sample`] that borrows the slot
 /// and frees it when dropped. Serialized messages are decoded into a [`Sample`] that owns
 /// the value.

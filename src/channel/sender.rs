@@ -15,9 +15,10 @@ use crate::segment::{Memory, Role};
 
 /// The sending end of a channel.
 ///
-/// A channel has one sender at a time (in any process). The handle is `Send`: it can be
-/// moved to the thread that uses it. Dropping it detaches: the receiver drains what was
-/// committed and then gets `Disconnected`.
+/// A channel has up to [`Options::max_senders`] senders, in any processes. The handle is
+/// `Send`: it can be moved to the thread that uses it, and [`try_clone`](Self::try_clone)
+/// gives another thread a sender of its own. Dropping it detaches: once every sender is
+/// gone, receivers drain what was committed and then get `Disconnected`.
 ///
 /// # Examples
 ///

@@ -543,7 +543,9 @@ impl Consumer {
                 head.load(Ordering::Acquire)
             };
             if pos > POS_MASK - cap {
-                return Err(Corruption(format!("head {pos} is beyond the position space")));
+                return Err(Corruption(format!(
+                    "head {pos} is beyond the position space"
+                )));
             }
             let slot = mem.slot(pos);
             let seq = slot.seq.load(Ordering::Acquire);
@@ -627,7 +629,9 @@ impl Consumer {
         loop {
             let pos = self.next.get();
             if pos > POS_MASK - cap {
-                return Err(Corruption(format!("cursor {pos} is beyond the position space")));
+                return Err(Corruption(format!(
+                    "cursor {pos} is beyond the position space"
+                )));
             }
             let slot = mem.slot(pos);
             let seq = slot.seq.load(Ordering::Acquire);
@@ -659,7 +663,9 @@ impl Consumer {
                 // from `pos` to the oldest message still in the ring is gone.
                 let tail = mem.control().tail.0.load(Ordering::Acquire);
                 if tail > POS_MASK {
-                    return Err(Corruption(format!("tail {tail} is beyond the position space")));
+                    return Err(Corruption(format!(
+                        "tail {tail} is beyond the position space"
+                    )));
                 }
                 // The oldest slot may be being claimed again right now: reading it is safe
                 // (the pin handshake), at worst it reports one more lag.
