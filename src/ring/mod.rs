@@ -416,7 +416,9 @@ impl Producer {
                     // The slot's old message (position pos - cap) must have been read by
                     // every active subscriber.
                     if self.min_cursor.get() <= pos - cap {
-                        self.min_cursor.set(min_subscriber_cursor(mem));
+                        // Never cache more than `pos`: a subscriber that joins later starts at
+                        // the tail, which is at least `pos`, and must not be overtaken.
+                        self.min_cursor.set(min_subscriber_cursor(mem).min(pos));
                         if self.min_cursor.get() <= pos - cap {
                             return Ok(Claim::Full);
                         }

@@ -474,3 +474,25 @@ fn broadcast_history_for_late_subscribers() {
     assert!(send(&mem, &p, 5));
     assert_eq!(read_all(&mem, &late), (vec![2, 3, 4, 5], 0));
 }
+
+#[test]
+fn broadcast_block_does_not_overtake_a_subscriber_that_joins_later() {
+    let mem = segment_n(4, 1, 1);
+    let p = Producer::new(&mem, 0, BROADCAST);
+    for v in 0..10 {
+        assert!(send(&mem, &p, v), "no subscriber: never full");
+    }
+    let sub = Consumer::new(
+        &mem,
+        attach(&mem, Role::Receiver, BROADCAST).unwrap().unwrap(),
+        BROADCAST,
+    );
+    for v in 10..14 {
+        assert!(send(&mem, &p, v));
+    }
+    assert!(
+        !send(&mem, &p, 14),
+        "the new subscriber has read nothing yet"
+    );
+    assert_eq!(read_all(&mem, &sub), (vec![10, 11, 12, 13], 0));
+}
