@@ -73,6 +73,15 @@
 //! it is read, which can yield odd values but never invalid ones, since every bit pattern
 //! is a valid zero-copy message.
 //!
+//! # Transports
+//!
+//! The same `Sender`/`Receiver`, derive, errors and blocking semantics run over other
+//! kernel facilities, chosen with [`Options::transport`]: a FIFO, a Unix socket, a POSIX or
+//! System V message queue, or [`Transport::Auto`] (shared memory when `/dev/shm` is usable,
+//! a message queue otherwise); [`pipe()`] makes an anonymous pipe whose ends can be handed to
+//! a child process. Messages are then copied through the kernel, not shared; a loan is a
+//! local value sent by [`Loan::send`]. `docs/wire-format.md` describes each wire format.
+//!
 //! # Limits of this version
 //!
 //! One sender and one receiver per channel ([`OpenError::TooManyParticipants`] otherwise).
@@ -93,9 +102,10 @@ mod segment;
 mod sync;
 #[cfg(not(shmbus_loom))]
 mod sys;
+mod transport;
 
 #[cfg(not(shmbus_loom))]
-pub use channel::{Iter, Loan, Receiver, Sample, Sender, TryIter};
+pub use channel::{pipe, Iter, Loan, Receiver, Sample, Sender, TryIter, INHERIT_VAR};
 pub use error::{
     CorruptError, OpenError, RecvError, RecvTimeoutError, SendError, SendTimeoutError,
     TryRecvError, TrySendError, TypeDesc,
@@ -105,9 +115,11 @@ pub use message::{
 };
 pub use name::MAX_NAME_LEN;
 pub use options::{
-    Options, DEFAULT_CAPACITY, DEFAULT_MAX_MESSAGE_SIZE, DEFAULT_PREFIX, DEFAULT_SPIN,
+    Options, DEFAULT_CAPACITY, DEFAULT_CONNECT_TIMEOUT, DEFAULT_MAX_MESSAGE_SIZE, DEFAULT_PREFIX,
+    DEFAULT_SPIN,
 };
 pub use shmbus_derive::Message;
+pub use transport::{Transport, TransportKind};
 
 #[doc(hidden)]
 pub use message::__private;

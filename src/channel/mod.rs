@@ -3,9 +3,11 @@
 //! This module owns the blocking policy (spin, then sleep on the futex in slices, checking
 //! that the peer is alive between slices) and the typed view of slots.
 
+mod link;
 mod receiver;
 mod sender;
 
+pub use link::{pipe, INHERIT_VAR};
 pub use receiver::{Iter, Receiver, Sample, TryIter};
 pub use sender::{Loan, Sender};
 
