@@ -2,7 +2,8 @@
 //!
 //! The receiver listens; any number of senders connect. Each connection starts with a
 //! hello each way (sender first), so a sender of the wrong type fails in `open` with a type
-//! mismatch and the receiver drops the connection. The receiver can restrict senders by
+//! mismatch and the receiver drops the connection. A thread of the receiver accepts and
+//! greets connections, so senders can connect while the receiver is busy. The receiver can restrict senders by
 //! uid, checked with `SO_PEERCRED` when a connection is accepted; a refused sender's `open`
 //! fails. Frames from several senders are interleaved whole; each sender's own frames
 //! arrive in order. The receiver reports `Disconnected` once every sender that connected
@@ -14,6 +15,9 @@ use std::os::linux::net::SocketAddrExt;
 use std::os::unix::fs::FileTypeExt;
 use std::os::unix::net::{SocketAddr, UnixListener, UnixStream};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use super::frame::{self, Fill, Hello, StreamRx, StreamTx, KIND_DATA, KIND_HELLO};
@@ -41,22 +45,26 @@ pub(crate) struct SocketSender {
     tx: StreamTx<UnixStream>,
 }
 
-/// One accepted connection.
+/// One accepted, greeted connection.
 struct Conn {
     rx: StreamRx<UnixStream>,
-    greeted: bool,
 }
 
-/// The listening receiver.
+/// State shared with the acceptor thread.
+struct Shared {
+    stop: AtomicBool,
+    fresh: Mutex<Vec<Conn>>,
+}
+
+/// The listening receiver. A small thread accepts connections and answers hellos, so that
+/// a sender's `open` completes whether or not the receiver is receiving at the time.
 pub(crate) struct SocketReceiver {
-    listener: UnixListener,
     address: Address,
-    wire: Wire,
-    hello: Vec<u8>,
-    allow_uids: Vec<u32>,
+    shared: Arc<Shared>,
+    acceptor: Option<JoinHandle<()>>,
     conns: Vec<Conn>,
     next: usize,
-    ever_greeted: bool,
+    ever_connected: bool,
 }
 
 fn io(op: &'static str) -> impl FnOnce(io::Error) -> LinkOpenError {
@@ -131,6 +139,51 @@ impl Link for SocketSender {
     }
 }
 
+/// Accepts connections until told to stop: checks the peer's uid, reads its hello (for at
+/// most a second), answers with ours, and hands over the connections of the right type.
+fn acceptor(listener: UnixListener, wire: Wire, allow_uids: Vec<u32>, shared: Arc<Shared>) {
+    let hello = frame::hello(&wire);
+    while !shared.stop.load(Ordering::Acquire) {
+        let ready = fd::poll(&[(listener.as_fd(), true)], Some(Duration::from_millis(20)));
+        if !ready.is_ok_and(|r| r[0].readable) {
+            continue;
+        }
+        let Ok((stream, _)) = listener.accept() else {
+            continue;
+        };
+        if !allow_uids.is_empty()
+            && !fd::peer_cred(stream.as_fd()).is_ok_and(|(uid, _)| allow_uids.contains(&uid))
+        {
+            continue; // dropped: the sender's handshake fails
+        }
+        let Ok(mut writer) = stream.try_clone() else {
+            continue;
+        };
+        let Ok(mut rx) = StreamRx::new(stream) else {
+            continue;
+        };
+        let mut p = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(1);
+        let theirs = match rx.recv(&mut p, Wait::Until(deadline)) {
+            Ok(KIND_HELLO) => Hello::parse(&p).ok(),
+            _ => None,
+        };
+        let Some(theirs) = theirs else { continue };
+        // Answer with our hello either way: a sender of another type learns ours.
+        let mut reply = Vec::new();
+        frame::encode(&mut reply, KIND_HELLO, &hello);
+        if std::io::Write::write_all(&mut writer, &reply).is_err() || !theirs.matches(&wire) {
+            continue;
+        }
+        rx.max_frame = theirs.max_frame.min(frame::MAX_FRAME);
+        shared
+            .fresh
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(Conn { rx });
+    }
+}
+
 impl SocketReceiver {
     /// Binds and listens. A leftover socket file at the path that nobody listens on is
     /// replaced; any other file there is an error.
@@ -165,95 +218,59 @@ impl SocketReceiver {
             let _ = std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o600));
         }
         listener.set_nonblocking(true).map_err(io("fcntl"))?;
+        let shared = Arc::new(Shared {
+            stop: AtomicBool::new(false),
+            fresh: Mutex::new(Vec::new()),
+        });
+        let (s, w) = (shared.clone(), *wire);
+        let acceptor = std::thread::Builder::new()
+            .name("shmbus-acceptor".into())
+            .spawn(move || acceptor(listener, w, allow_uids, s))
+            .map_err(io("spawn"))?;
         Ok(SocketReceiver {
-            listener,
             address: address.clone(),
-            wire: *wire,
-            hello: frame::hello(wire),
-            allow_uids,
+            shared,
+            acceptor: Some(acceptor),
             conns: Vec::new(),
             next: 0,
-            ever_greeted: false,
+            ever_connected: false,
         })
     }
 
-    fn accept_all(&mut self) {
-        loop {
-            match self.listener.accept() {
-                Ok((s, _)) => {
-                    if !self.allow_uids.is_empty() {
-                        let ok = fd::peer_cred(s.as_fd())
-                            .is_ok_and(|(uid, _)| self.allow_uids.contains(&uid));
-                        if !ok {
-                            continue; // dropped: the sender's handshake fails
-                        }
-                    }
-                    if let Ok(rx) = StreamRx::new(s) {
-                        self.conns.push(Conn { rx, greeted: false });
-                    }
-                }
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(_) => return,
-            }
+    fn take_fresh(&mut self) {
+        let mut fresh = self.shared.fresh.lock().unwrap_or_else(|e| e.into_inner());
+        if !fresh.is_empty() {
+            self.ever_connected = true;
+            self.conns.append(&mut fresh);
         }
     }
 
-    /// Looks for a frame on connection `i`. `Ok(true)`: `buf` holds a message.
-    /// `Err(None)`: the connection is finished and was removed.
+    /// Looks for a message on connection `i`. `Ok(true)`: `buf` holds one. `Err(None)`:
+    /// the connection ended cleanly and was removed.
     fn poll_conn(&mut self, i: usize, buf: &mut Vec<u8>) -> Result<bool, Option<LinkError>> {
         loop {
             let conn = &mut self.conns[i];
-            match conn.rx.next_frame(buf) {
-                Ok(Some(KIND_DATA)) if conn.greeted => return Ok(true),
-                Ok(Some(KIND_HELLO)) if !conn.greeted => {
-                    let ok = Hello::parse(buf).is_ok_and(|h| h.matches(&self.wire));
-                    // Answer with our hello either way: a mismatched sender learns our type.
-                    let mut reply = Vec::new();
-                    frame::encode(&mut reply, KIND_HELLO, &self.hello);
-                    let _ = std::io::Write::write_all(&mut &conn.rx.io, &reply);
-                    if !ok {
-                        self.conns.swap_remove(i);
-                        return Err(None);
-                    }
-                    if let Ok(h) = Hello::parse(buf) {
-                        conn.rx.max_frame = h.max_frame.min(frame::MAX_FRAME);
-                    }
-                    conn.greeted = true;
-                    self.ever_greeted = true;
-                }
-                Ok(Some(_)) => {
-                    self.conns.swap_remove(i);
-                    return Err(Some(LinkError::Corrupt(
-                        "a sender broke the handshake order".into(),
-                    )));
-                }
-                Err(e) => {
-                    self.conns.swap_remove(i);
-                    return Err(Some(e));
-                }
+            let r = match conn.rx.next_frame(buf) {
+                Ok(Some(KIND_DATA)) => return Ok(true),
+                Ok(Some(_)) => Err(Some(LinkError::Corrupt(
+                    "a sender sent a second hello".into(),
+                ))),
                 Ok(None) => match conn.rx.fill() {
-                    Ok(Fill::Some) => {}
+                    Ok(Fill::Some) => continue,
                     Ok(Fill::Nothing) => return Ok(false),
-                    Ok(Fill::Eof) => {
-                        if conn.rx.next_frame(buf).is_ok_and(|k| k.is_some()) {
-                            // Unreachable in practice: next_frame above saw no full frame.
-                            return Ok(false);
-                        }
-                        let greeted = conn.greeted;
-                        let err = conn.rx.at_eof();
-                        self.conns.swap_remove(i);
-                        return Err(match err {
-                            LinkError::Disconnected => None,
-                            e if greeted => Some(e),
-                            _ => None,
-                        });
-                    }
-                    Err(e) => {
-                        self.conns.swap_remove(i);
-                        return Err(Some(e));
-                    }
+                    Ok(Fill::Eof) => match conn.rx.next_frame(buf) {
+                        Ok(Some(KIND_DATA)) => return Ok(true),
+                        _ => match conn.rx.at_eof() {
+                            LinkError::Disconnected => Err(None),
+                            e => Err(Some(e)),
+                        },
+                    },
+                    Err(e) => Err(Some(e)),
                 },
-            }
+                Err(e) => Err(Some(e)),
+            };
+            self.conns.swap_remove(i);
+            return r;
         }
     }
 }
@@ -265,7 +282,7 @@ impl Link for SocketReceiver {
 
     fn recv_frame(&mut self, buf: &mut Vec<u8>, wait: Wait) -> Result<(), LinkError> {
         loop {
-            self.accept_all();
+            self.take_fresh();
             let n = self.conns.len();
             let mut i = 0;
             while i < n.min(self.conns.len()) {
@@ -283,21 +300,30 @@ impl Link for SocketReceiver {
                     break;
                 }
             }
-            if self.conns.is_empty() && self.ever_greeted {
-                return Err(LinkError::Disconnected);
+            if self.conns.is_empty() && self.ever_connected {
+                self.take_fresh();
+                if self.conns.is_empty() {
+                    return Err(LinkError::Disconnected);
+                }
+                continue;
             }
             let Some(slice) = wait.slice(super::LIVENESS_SLICE) else {
                 return Err(wait.expired());
             };
-            let mut fds = vec![(self.listener.as_fd(), true)];
-            fds.extend(self.conns.iter().map(|c| (c.rx.io.as_fd(), true)));
+            // New connections show up within a slice (the acceptor does not wake us).
+            let fds: Vec<_> = self.conns.iter().map(|c| (c.rx.io.as_fd(), true)).collect();
+            let slice = if fds.is_empty() {
+                slice.min(Duration::from_millis(1))
+            } else {
+                slice
+            };
             fd::poll(&fds, Some(slice)).map_err(|e| LinkError::io("poll", e))?;
         }
     }
 
     fn is_connected(&mut self) -> bool {
-        self.accept_all();
-        self.conns.iter().any(|c| c.greeted)
+        self.take_fresh();
+        !self.conns.is_empty()
     }
 
     fn kind(&self) -> TransportKind {
@@ -307,6 +333,10 @@ impl Link for SocketReceiver {
 
 impl Drop for SocketReceiver {
     fn drop(&mut self) {
+        self.shared.stop.store(true, Ordering::Release);
+        if let Some(t) = self.acceptor.take() {
+            let _ = t.join();
+        }
         if let Address::Path(p) = &self.address {
             let _ = std::fs::remove_file(p);
         }
