@@ -210,7 +210,7 @@ impl Geometry {
     ) -> Result<Geometry, GeometryError> {
         // At least 2: with one slot, "released for the next lap" (pos + capacity) and
         // "committed" (pos + 1) would be the same sequence number.
-        if capacity < 2 || capacity > MAX_CAPACITY || !capacity.is_power_of_two() {
+        if !(2..=MAX_CAPACITY).contains(&capacity) || !capacity.is_power_of_two() {
             return Err(format!(
                 "capacity {capacity} is not a power of two between 2 and {MAX_CAPACITY}"
             ));

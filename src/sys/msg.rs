@@ -129,6 +129,7 @@ impl MsgQueue {
             if r >= 0 {
                 out.clear();
                 out.extend_from_slice(&buf.text_mut()[..r as usize]);
+                #[allow(clippy::unnecessary_cast)] // c_long is i32 on 32-bit targets
                 return Ok(Some(buf.words[0] as i64));
             }
             let e = io::Error::last_os_error();
