@@ -517,3 +517,22 @@ macro_rules! conformance {
 }
 
 conformance!(shm, pipe, fifo, unix, abstract_socket, posix_mq, sysv_mq);
+
+/// `Auto` picks shared memory where `/dev/shm` is usable, and says so.
+#[test]
+fn auto_prefers_shared_memory() {
+    let g = Cleanup::new("auto", "shm");
+    let mut o = Options::new();
+    o.transport(Transport::Auto).capacity(4);
+    let tx = Sender::<Msg>::open_or_create(&g.name, &o).unwrap();
+    let rx = Receiver::<Msg>::open_or_create(&g.name, &o).unwrap();
+    let expected = if std::fs::metadata("/dev/shm").is_ok_and(|m| m.is_dir()) {
+        shmbus::TransportKind::SharedMemory
+    } else {
+        shmbus::TransportKind::PosixQueue
+    };
+    assert_eq!(tx.transport(), expected);
+    assert_eq!(rx.transport(), expected);
+    tx.send(Msg::new(0)).unwrap();
+    rx.recv().unwrap().verify(0);
+}
