@@ -92,6 +92,15 @@
 //! [`Client`] and [`Server`] build request-response on top: many clients, each response
 //! routed to the client that asked, per-request timeouts, [`RequestError::ServerGone`].
 //!
+//! # Transports
+//!
+//! The same `Sender`/`Receiver`, derive, errors and blocking semantics run over other
+//! kernel facilities, chosen with [`Options::transport`]: a FIFO, a Unix socket, a POSIX or
+//! System V message queue, or [`Transport::Auto`] (shared memory when `/dev/shm` is usable,
+//! a message queue otherwise); [`pipe()`] makes an anonymous pipe whose ends can be handed to
+//! a child process. Messages are then copied through the kernel, not shared; a loan is a
+//! local value sent by [`Loan::send`]. `docs/wire-format.md` describes each wire format.
+//!
 //! `Sender` and `Receiver` are `Send` but not `Sync`: move a handle to the thread that uses
 //! it, or give each thread its own ([`Sender::try_clone`]).
 #![deny(unsafe_op_in_unsafe_fn)]
@@ -109,11 +118,12 @@ mod segment;
 mod sync;
 #[cfg(not(shmbus_loom))]
 mod sys;
+mod transport;
 
 #[cfg(not(shmbus_loom))]
 pub use channel::{
-    Client, Iter, Loan, Receiver, Request, RequestError, RespondError, Sample, Sender, Server,
-    TryIter,
+    pipe, Client, Iter, Loan, Receiver, Request, RequestError, RespondError, Sample, Sender,
+    Server, TryIter, INHERIT_VAR,
 };
 pub use error::{
     CorruptError, OpenError, RecvError, RecvTimeoutError, SendError, SendTimeoutError,
@@ -124,10 +134,11 @@ pub use message::{
 };
 pub use name::MAX_NAME_LEN;
 pub use options::{
-    Delivery, Options, Overflow, DEFAULT_CAPACITY, DEFAULT_MAX_MESSAGE_SIZE,
-    DEFAULT_MAX_PARTICIPANTS, DEFAULT_PREFIX, DEFAULT_SPIN,
+    Delivery, Options, Overflow, DEFAULT_CAPACITY, DEFAULT_CONNECT_TIMEOUT,
+    DEFAULT_MAX_MESSAGE_SIZE, DEFAULT_MAX_PARTICIPANTS, DEFAULT_PREFIX, DEFAULT_SPIN,
 };
 pub use shmbus_derive::Message;
+pub use transport::{Transport, TransportKind};
 
 #[doc(hidden)]
 pub use message::__private;

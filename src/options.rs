@@ -26,6 +26,10 @@ pub struct Options {
     pub(crate) prefix: String,
     pub(crate) file_mode: u32,
     pub(crate) spin: Duration,
+    pub(crate) transport: crate::transport::Transport,
+    pub(crate) connect_timeout: Duration,
+    pub(crate) allow_uids: Vec<u32>,
+    pub(crate) message_type: i64,
 }
 
 /// How messages are delivered to the receivers of a channel. Chosen when the channel is
@@ -62,6 +66,9 @@ pub const DEFAULT_MAX_MESSAGE_SIZE: usize = 4096;
 pub const DEFAULT_PREFIX: &str = "shmbus.";
 /// Default time a blocked call busy-waits before it sleeps.
 pub const DEFAULT_SPIN: Duration = Duration::from_micros(20);
+/// Default time `open` waits for the other end on transports where the ends meet (FIFO,
+/// Unix socket, inherited pipe).
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 impl Default for Options {
     fn default() -> Self {
@@ -76,6 +83,10 @@ impl Default for Options {
             prefix: DEFAULT_PREFIX.to_owned(),
             file_mode: 0o600,
             spin: DEFAULT_SPIN,
+            transport: crate::transport::Transport::SharedMemory,
+            connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+            allow_uids: Vec::new(),
+            message_type: 0,
         }
     }
 }
@@ -152,6 +163,42 @@ impl Options {
     /// within this time never pays for a kernel wake-up; `Duration::ZERO` sleeps at once.
     pub fn spin(&mut self, spin: Duration) -> &mut Self {
         self.spin = spin;
+        self
+    }
+
+    /// The transport the channel runs over (default: [`Transport::SharedMemory`]).
+    ///
+    /// [`Transport::SharedMemory`]: crate::Transport::SharedMemory
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let mut opts = shmbus::Options::new();
+    /// opts.transport(shmbus::Transport::PosixQueue).capacity(8);
+    /// ```
+    pub fn transport(&mut self, transport: crate::transport::Transport) -> &mut Self {
+        self.transport = transport;
+        self
+    }
+
+    /// How long `open` waits for the other end where the two ends meet (FIFO, Unix socket).
+    pub fn connect_timeout(&mut self, timeout: Duration) -> &mut Self {
+        self.connect_timeout = timeout;
+        self
+    }
+
+    /// On a Unix socket, the receiver accepts senders of this uid (checked with
+    /// `SO_PEERCRED`); call it once per uid. With no call, any process that can reach the
+    /// socket may connect.
+    pub fn allow_uid(&mut self, uid: u32) -> &mut Self {
+        self.allow_uids.push(uid);
+        self
+    }
+
+    /// On a System V queue, which message types the receiver takes (msgrcv's rules: 0, the
+    /// default, any; `n > 0` only type `n`; `n < 0` the lowest type up to `-n` first).
+    pub fn message_type(&mut self, message_type: i64) -> &mut Self {
+        self.message_type = message_type;
         self
     }
 

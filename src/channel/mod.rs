@@ -3,10 +3,12 @@
 //! This module owns the blocking policy (spin, then sleep on the futex in slices, checking
 //! that the peer is alive between slices) and the typed view of slots.
 
+mod link;
 mod receiver;
 mod sender;
 mod service;
 
+pub use link::{pipe, INHERIT_VAR};
 pub use receiver::{Iter, Receiver, Sample, TryIter};
 pub use sender::{Loan, Sender};
 pub use service::{Client, Request, RequestError, RespondError, Server};

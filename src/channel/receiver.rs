@@ -6,6 +6,7 @@ use std::ops::Deref;
 use std::ptr::NonNull;
 use std::time::{Duration, Instant};
 
+use super::link::{LinkEnd, LinkFail};
 use super::{deadline_after, Blocked, End};
 use crate::error::{OpenError, RecvError, RecvTimeoutError, TryRecvError};
 use crate::message::{DecodeError, Encoding, Message};
@@ -13,6 +14,7 @@ use crate::options::Options;
 use crate::ring::{Consumer, Peers, Take};
 use crate::segment::posix::OpenMode;
 use crate::segment::{Memory, Role};
+use crate::transport::{TransportKind, Wait};
 
 /// The receiving end of a channel.
 ///
@@ -35,9 +37,16 @@ use crate::segment::{Memory, Role};
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
 pub struct Receiver<T: Message> {
-    pub(super) end: End,
-    consumer: Consumer,
+    flavor: Flavor,
     _type: PhantomData<fn() -> T>,
+}
+
+/// The shared-memory ring (the fast path, static dispatch) or another transport.
+// The ring variant stays inline: boxing it would put a pointer chase on the fast path.
+#[allow(clippy::large_enum_variant)]
+enum Flavor {
+    Ring { end: End, consumer: Consumer },
+    Link(LinkEnd),
 }
 
 /// What one attempt to take a message found.
@@ -77,32 +86,90 @@ impl<T: Message> Receiver<T> {
     }
 
     fn with_mode(name: &str, options: &Options, mode: OpenMode) -> Result<Self, OpenError> {
+        if let Some(link) = LinkEnd::open::<T>(name, options, mode, Role::Receiver)? {
+            return Ok(Self::from_link(link));
+        }
         let end = End::open::<T>(name, options, mode, Role::Receiver)?;
         let consumer = Consumer::new(&end.seg, end.index, end.delivery);
         Ok(Receiver {
-            end,
-            consumer,
+            flavor: Flavor::Ring { end, consumer },
             _type: PhantomData,
         })
     }
 
-    /// The channel's name.
-    pub fn name(&self) -> &str {
-        self.end.name()
+    pub(super) fn from_link(link: LinkEnd) -> Self {
+        Receiver {
+            flavor: Flavor::Link(link),
+            _type: PhantomData,
+        }
     }
 
-    /// Number of slots.
+    pub(super) fn into_link(self) -> Option<Box<dyn crate::transport::Link>> {
+        match self.flavor {
+            Flavor::Link(l) => Some(l.into_link()),
+            Flavor::Ring { .. } => None,
+        }
+    }
+
+    /// The ring end; only called on paths that dispatched to the ring already.
+    #[inline]
+    fn ring(&self) -> (&End, &Consumer) {
+        match &self.flavor {
+            Flavor::Ring { end, consumer } => (end, consumer),
+            Flavor::Link(_) => unreachable!("ring path on a link receiver"),
+        }
+    }
+
+    /// The channel's name.
+    pub fn name(&self) -> &str {
+        match &self.flavor {
+            Flavor::Ring { end, .. } => end.name(),
+            Flavor::Link(l) => &l.name,
+        }
+    }
+
+    /// The transport this receiver runs over.
+    pub fn transport(&self) -> TransportKind {
+        match &self.flavor {
+            Flavor::Ring { .. } => TransportKind::SharedMemory,
+            Flavor::Link(l) => l.kind(),
+        }
+    }
+
+    /// Largest encoded message, in bytes.
+    pub fn max_message_size(&self) -> usize {
+        match &self.flavor {
+            Flavor::Ring { end, .. } => end.seg_max_message(),
+            Flavor::Link(l) => l.max_frame,
+        }
+    }
+
+    /// Number of slots (see [`Sender::capacity`](crate::Sender::capacity)).
     pub fn capacity(&self) -> usize {
-        self.end.seg.geometry().capacity as usize
+        match &self.flavor {
+            Flavor::Ring { end, .. } => end.seg.geometry().capacity as usize,
+            Flavor::Link(l) => l.capacity(),
+        }
     }
 
     /// Whether a sender is attached (as far as shared memory says).
     pub fn is_connected(&self) -> bool {
-        self.end.peers_fast() == Peers::Attached
+        match &self.flavor {
+            Flavor::Ring { end, .. } => end.peers_fast() == Peers::Attached,
+            Flavor::Link(l) => l.is_connected(),
+        }
+    }
+
+    /// Receives from a fallback transport into an owned sample.
+    fn recv_link(l: &LinkEnd, wait: Wait) -> Result<Sample<'_, T>, LinkFail> {
+        l.recv::<T>(wait).map(|v| Sample {
+            inner: Inner::Owned(v),
+        })
     }
 
     fn poll(&self) -> Result<Option<Got>, crate::ring::Corruption> {
-        Ok(match self.consumer.try_take(&self.end.seg)? {
+        let (end, consumer) = self.ring();
+        Ok(match consumer.try_take(&end.seg)? {
             Take::Ready { pos, len } => Some(Got::Slot { pos, len }),
             Take::Lagged(n) => Some(Got::Lagged(n)),
             Take::Empty => None,
@@ -111,12 +178,13 @@ impl<T: Message> Receiver<T> {
 
     /// Turns a taken slot into a sample.
     fn sample(&self, pos: u64, len: u32) -> Result<Sample<'_, T>, DecodeError> {
-        let mem = &self.end.seg;
+        let (end, consumer) = self.ring();
+        let mem = &end.seg;
         let payload = mem.payload(pos);
         match T::INFO.encoding {
             Encoding::ZeroCopy => {
                 if len as usize != size_of::<T>() {
-                    self.consumer.release(mem, pos);
+                    consumer.release(mem, pos);
                     return Err(DecodeError::Length {
                         ty: T::INFO.name,
                         expected: size_of::<T>(),
@@ -137,7 +205,7 @@ impl<T: Message> Receiver<T> {
                 // the slot's payload, which we own until we release it below.
                 let bytes = unsafe { std::slice::from_raw_parts(payload, len as usize) };
                 let value = T::__decode(bytes);
-                self.consumer.release(mem, pos);
+                consumer.release(mem, pos);
                 Ok(Sample {
                     inner: Inner::Owned(value?),
                 })
@@ -154,12 +222,26 @@ impl<T: Message> Receiver<T> {
     /// decoded (it is dropped, the channel goes on); [`RecvError::Corrupt`] if the channel
     /// memory was corrupted.
     pub fn recv(&self) -> Result<Sample<'_, T>, RecvError> {
+        if let Flavor::Link(l) = &self.flavor {
+            return Self::recv_link(l, Wait::Forever).map_err(|f| match f {
+                LinkFail::Decode(e) => RecvError::Decode(e),
+                LinkFail::Corrupt(c) => RecvError::Corrupt(c),
+                LinkFail::Encode(e) => RecvError::Corrupt(crate::CorruptError {
+                    reason: e.to_string(),
+                }),
+                _ => RecvError::Disconnected,
+            });
+        }
         let got = match self.poll() {
             Ok(Some(g)) => g,
-            Ok(None) => self.end.block(None, || self.poll()).map_err(|b| match b {
-                Blocked::Corrupt(c) => RecvError::Corrupt(c),
-                _ => RecvError::Disconnected,
-            })?,
+            Ok(None) => self
+                .ring()
+                .0
+                .block(None, || self.poll())
+                .map_err(|b| match b {
+                    Blocked::Corrupt(c) => RecvError::Corrupt(c),
+                    _ => RecvError::Disconnected,
+                })?,
             Err(c) => return Err(RecvError::Corrupt(c.into())),
         };
         match got {
@@ -174,10 +256,21 @@ impl<T: Message> Receiver<T> {
     ///
     /// [`TryRecvError::Empty`] if none is; otherwise as for [`recv`](Self::recv).
     pub fn try_recv(&self) -> Result<Sample<'_, T>, TryRecvError> {
+        if let Flavor::Link(l) = &self.flavor {
+            return Self::recv_link(l, Wait::No).map_err(|f| match f {
+                LinkFail::Full | LinkFail::Timeout => TryRecvError::Empty,
+                LinkFail::Decode(e) => TryRecvError::Decode(e),
+                LinkFail::Corrupt(c) => TryRecvError::Corrupt(c),
+                LinkFail::Encode(e) => TryRecvError::Corrupt(crate::CorruptError {
+                    reason: e.to_string(),
+                }),
+                LinkFail::Disconnected => TryRecvError::Disconnected,
+            });
+        }
         match self.poll() {
             Ok(Some(Got::Slot { pos, len })) => Ok(self.sample(pos, len)?),
             Ok(Some(Got::Lagged(n))) => Err(TryRecvError::Lagged(n)),
-            Ok(None) => match self.end.peers_rate_limited() {
+            Ok(None) => match self.ring().0.peers_rate_limited() {
                 Peers::Gone => match self.poll() {
                     Ok(Some(Got::Slot { pos, len })) => Ok(self.sample(pos, len)?),
                     Ok(Some(Got::Lagged(n))) => Err(TryRecvError::Lagged(n)),
@@ -213,10 +306,22 @@ impl<T: Message> Receiver<T> {
         &self,
         deadline: Option<Instant>,
     ) -> Result<Sample<'_, T>, RecvTimeoutError> {
+        if let Flavor::Link(l) = &self.flavor {
+            return Self::recv_link(l, Wait::from_deadline(deadline)).map_err(|f| match f {
+                LinkFail::Full | LinkFail::Timeout => RecvTimeoutError::Timeout,
+                LinkFail::Decode(e) => RecvTimeoutError::Decode(e),
+                LinkFail::Corrupt(c) => RecvTimeoutError::Corrupt(c),
+                LinkFail::Encode(e) => RecvTimeoutError::Corrupt(crate::CorruptError {
+                    reason: e.to_string(),
+                }),
+                LinkFail::Disconnected => RecvTimeoutError::Disconnected,
+            });
+        }
         let got = match self.poll() {
             Ok(Some(g)) => g,
             Ok(None) => self
-                .end
+                .ring()
+                .0
                 .block(deadline, || self.poll())
                 .map_err(|b| match b {
                     Blocked::Corrupt(c) => RecvTimeoutError::Corrupt(c),
@@ -310,7 +415,8 @@ impl<T: Message> Sample<'_, T> {
                 // slot's bytes produces a valid, independent `T`. The slot stays ours until
                 // the release below.
                 let value = unsafe { ptr.as_ptr().read() };
-                rx.consumer.release(&rx.end.seg, *pos);
+                let (end, consumer) = rx.ring();
+                consumer.release(&end.seg, *pos);
                 value
             }
             // SAFETY: `this` is never used or dropped again, so moving the value out leaves
@@ -341,7 +447,8 @@ impl<T: Message> Deref for Sample<'_, T> {
 impl<T: Message> Drop for Sample<'_, T> {
     fn drop(&mut self) {
         if let Inner::InPlace { rx, pos, .. } = &self.inner {
-            rx.consumer.release(&rx.end.seg, *pos);
+            let (end, consumer) = rx.ring();
+            consumer.release(&end.seg, *pos);
         }
     }
 }

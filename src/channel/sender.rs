@@ -5,6 +5,7 @@ use std::ops::{Deref, DerefMut};
 use std::ptr::NonNull;
 use std::time::{Duration, Instant};
 
+use super::link::{LinkEnd, LinkFail};
 use super::{deadline_after, Blocked, End};
 use crate::error::{OpenError, SendError, SendTimeoutError, TrySendError};
 use crate::message::{Encoding, Message, ZeroCopy};
@@ -12,6 +13,7 @@ use crate::options::Options;
 use crate::ring::{Claim, Peers, Producer};
 use crate::segment::posix::OpenMode;
 use crate::segment::{Memory, Role};
+use crate::transport::{TransportKind, Wait};
 
 /// The sending end of a channel.
 ///
@@ -35,9 +37,16 @@ use crate::segment::{Memory, Role};
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
 pub struct Sender<T: Message> {
-    pub(super) end: End,
-    producer: Producer,
+    flavor: Flavor,
     _type: PhantomData<fn(T) -> T>,
+}
+
+/// The shared-memory ring (the fast path, static dispatch) or another transport.
+// The ring variant stays inline: boxing it would put a pointer chase on the fast path.
+#[allow(clippy::large_enum_variant)]
+enum Flavor {
+    Ring { end: End, producer: Producer },
+    Link(LinkEnd),
 }
 
 impl<T: Message> Sender<T> {
@@ -71,11 +80,13 @@ impl<T: Message> Sender<T> {
     }
 
     fn with_mode(name: &str, options: &Options, mode: OpenMode) -> Result<Self, OpenError> {
+        if let Some(link) = LinkEnd::open::<T>(name, options, mode, Role::Sender)? {
+            return Ok(Self::from_link(link));
+        }
         let end = End::open::<T>(name, options, mode, Role::Sender)?;
         let producer = Producer::new(&end.seg, end.index, end.delivery);
         Ok(Sender {
-            end,
-            producer,
+            flavor: Flavor::Ring { end, producer },
             _type: PhantomData,
         })
     }
@@ -85,69 +96,146 @@ impl<T: Message> Sender<T> {
     ///
     /// # Errors
     ///
-    /// [`OpenError::TooManyParticipants`] if the channel already has its maximum of senders.
+    /// [`OpenError::TooManyParticipants`] if the channel already has its maximum of senders;
+    /// [`OpenError::InvalidOptions`] on transports other than shared memory, whose senders
+    /// cannot be cloned.
     pub fn try_clone(&self) -> Result<Self, OpenError> {
-        let end = self.end.duplicate()?;
+        let end = match &self.flavor {
+            Flavor::Ring { end, .. } => end.duplicate()?,
+            Flavor::Link(l) => {
+                return Err(OpenError::InvalidOptions {
+                    name: l.name.clone(),
+                    reason: format!("a {:?} sender cannot be cloned; open another one", l.kind()),
+                })
+            }
+        };
         let producer = Producer::new(&end.seg, end.index, end.delivery);
         Ok(Sender {
-            end,
-            producer,
+            flavor: Flavor::Ring { end, producer },
             _type: PhantomData,
         })
     }
 
-    /// The channel's name.
-    pub fn name(&self) -> &str {
-        self.end.name()
+    pub(super) fn from_link(link: LinkEnd) -> Self {
+        Sender {
+            flavor: Flavor::Link(link),
+            _type: PhantomData,
+        }
     }
 
-    /// Number of slots (the channel creator's capacity, rounded up to a power of two).
+    pub(super) fn into_link(self) -> Option<Box<dyn crate::transport::Link>> {
+        match self.flavor {
+            Flavor::Link(l) => Some(l.into_link()),
+            Flavor::Ring { .. } => None,
+        }
+    }
+
+    /// The ring end, if this sender runs on shared memory.
+    pub(super) fn ring_end(&self) -> Option<&End> {
+        match &self.flavor {
+            Flavor::Ring { end, .. } => Some(end),
+            Flavor::Link(_) => None,
+        }
+    }
+
+    /// The ring end; only called on paths that dispatched to the ring already.
+    #[inline]
+    fn ring(&self) -> (&End, &Producer) {
+        match &self.flavor {
+            Flavor::Ring { end, producer } => (end, producer),
+            Flavor::Link(_) => unreachable!("ring path on a link sender"),
+        }
+    }
+
+    /// The channel's name.
+    pub fn name(&self) -> &str {
+        match &self.flavor {
+            Flavor::Ring { end, .. } => end.name(),
+            Flavor::Link(l) => &l.name,
+        }
+    }
+
+    /// The transport this sender runs over (what [`Transport::Auto`](crate::Transport::Auto)
+    /// chose, for instance).
+    pub fn transport(&self) -> TransportKind {
+        match &self.flavor {
+            Flavor::Ring { .. } => TransportKind::SharedMemory,
+            Flavor::Link(l) => l.kind(),
+        }
+    }
+
+    /// Number of slots (the channel creator's capacity, rounded up to a power of two). For
+    /// a POSIX queue, its message count; 0 for transports that count bytes, not messages.
     pub fn capacity(&self) -> usize {
-        self.end.seg.geometry().capacity as usize
+        match &self.flavor {
+            Flavor::Ring { end, .. } => end.seg.geometry().capacity as usize,
+            Flavor::Link(l) => l.capacity(),
+        }
     }
 
     /// Largest encoded message, in bytes.
     pub fn max_message_size(&self) -> usize {
-        self.end.seg.geometry().max_message as usize
+        match &self.flavor {
+            Flavor::Ring { end, .. } => end.seg.geometry().max_message as usize,
+            Flavor::Link(l) => l.max_frame,
+        }
     }
 
     /// Whether a receiver is attached (as far as shared memory says; a receiver killed a
     /// moment ago is noticed by the next blocked or failed call).
     pub fn is_connected(&self) -> bool {
-        self.end.peers_fast() == Peers::Attached
+        match &self.flavor {
+            Flavor::Ring { end, .. } => end.peers_fast() == Peers::Attached,
+            Flavor::Link(l) => l.is_connected(),
+        }
+    }
+
+    /// Sends a message with a priority, waiting while the channel is full. On a POSIX
+    /// queue it is the message priority (higher first, below 32768); on a System V queue the
+    /// message type (at least 1) that receivers can select on; other transports ignore it.
+    ///
+    /// # Errors
+    ///
+    /// As for [`send`](Self::send).
+    pub fn send_with_priority(&self, msg: T, priority: u32) -> Result<(), SendError<T>> {
+        match &self.flavor {
+            Flavor::Link(l) => l.send(msg, priority, Wait::Forever).map_err(send_error),
+            Flavor::Ring { .. } => self.send(msg),
+        }
     }
 
     fn claim(&self, deadline: Option<Instant>, block: bool) -> Result<u64, Failure> {
-        let mem = &self.end.seg;
-        if self.end.peers_fast() == Peers::Gone {
+        let (end, producer) = self.ring();
+        let mem = &end.seg;
+        if end.peers_fast() == Peers::Gone {
             return Err(Failure::Disconnected);
         }
-        match self.producer.try_claim(mem) {
+        match producer.try_claim(mem) {
             Ok(Claim::Claimed(pos)) => return Ok(pos),
             Ok(Claim::Full) => {}
             Err(c) => return Err(Failure::Corrupt(c.into())),
         }
         if !block {
-            return Err(match self.end.peers_rate_limited() {
+            return Err(match end.peers_rate_limited() {
                 Peers::Gone => Failure::Disconnected,
                 _ => Failure::Full,
             });
         }
-        self.end
-            .block(deadline, || match self.producer.try_claim(mem)? {
-                Claim::Claimed(pos) => Ok(Some(pos)),
-                Claim::Full => Ok(None),
-            })
-            .map_err(|b| match b {
-                Blocked::Timeout => Failure::Timeout,
-                Blocked::Disconnected => Failure::Disconnected,
-                Blocked::Corrupt(c) => Failure::Corrupt(c),
-            })
+        end.block(deadline, || match producer.try_claim(mem)? {
+            Claim::Claimed(pos) => Ok(Some(pos)),
+            Claim::Full => Ok(None),
+        })
+        .map_err(|b| match b {
+            Blocked::Timeout => Failure::Timeout,
+            Blocked::Disconnected => Failure::Disconnected,
+            Blocked::Corrupt(c) => Failure::Corrupt(c),
+        })
     }
 
     /// Writes `msg` into the claimed position and commits it.
     fn write(&self, pos: u64, msg: T) -> Result<(), (T, crate::EncodeError)> {
-        let mem = &self.end.seg;
+        let (end, producer) = self.ring();
+        let mem = &end.seg;
         let payload = mem.payload(pos);
         match T::INFO.encoding {
             Encoding::ZeroCopy => {
@@ -157,7 +245,7 @@ impl<T: Message> Sender<T> {
                 // `size_of::<T>()` bytes aligned for `T` (checked against the header when
                 // the channel was opened); we own position `pos` until we commit it.
                 unsafe { payload.cast::<T>().write(msg) };
-                self.producer.commit(mem, pos, size_of::<T>() as u32, false);
+                producer.commit(mem, pos, size_of::<T>() as u32, false);
                 Ok(())
             }
             _ => {
@@ -167,12 +255,12 @@ impl<T: Message> Sender<T> {
                 let out = unsafe { std::slice::from_raw_parts_mut(payload, max) };
                 match msg.__encode(out) {
                     Ok(len) => {
-                        self.producer.commit(mem, pos, len as u32, false);
+                        producer.commit(mem, pos, len as u32, false);
                         Ok(())
                     }
                     Err(e) => {
                         // Nothing is sent: the receiver steps over the empty slot.
-                        self.producer.commit(mem, pos, 0, true);
+                        producer.commit(mem, pos, 0, true);
                         Err((msg, e))
                     }
                 }
@@ -189,6 +277,9 @@ impl<T: Message> Sender<T> {
     /// sent), [`SendError::Corrupt`] if the channel memory was corrupted. The message is
     /// handed back in every case.
     pub fn send(&self, msg: T) -> Result<(), SendError<T>> {
+        if let Flavor::Link(l) = &self.flavor {
+            return l.send(msg, 0, Wait::Forever).map_err(send_error);
+        }
         match self.claim(None, true) {
             Ok(pos) => self
                 .write(pos, msg)
@@ -204,6 +295,9 @@ impl<T: Message> Sender<T> {
     ///
     /// [`TrySendError::Full`] if no slot is free; otherwise as for [`send`](Self::send).
     pub fn try_send(&self, msg: T) -> Result<(), TrySendError<T>> {
+        if let Flavor::Link(l) = &self.flavor {
+            return l.send(msg, 0, Wait::No).map_err(try_send_error);
+        }
         match self.claim(None, false) {
             Ok(pos) => self
                 .write(pos, msg)
@@ -221,6 +315,10 @@ impl<T: Message> Sender<T> {
     /// [`SendTimeoutError::Timeout`] if no slot became free in time; otherwise as for
     /// [`send`](Self::send).
     pub fn send_timeout(&self, msg: T, timeout: Duration) -> Result<(), SendTimeoutError<T>> {
+        if let Flavor::Link(l) = &self.flavor {
+            let wait = Wait::from_deadline(deadline_after(timeout));
+            return l.send(msg, 0, wait).map_err(send_timeout_error);
+        }
         match self.claim(deadline_after(timeout), true) {
             Ok(pos) => self
                 .write(pos, msg)
@@ -230,9 +328,7 @@ impl<T: Message> Sender<T> {
             Err(Failure::Corrupt(c)) => Err(SendTimeoutError::Corrupt(msg, c)),
         }
     }
-}
 
-impl<T: ZeroCopy> Sender<T> {
     /// Loans a slot in shared memory to write a message in place, waiting while the channel
     /// is full. [`Loan::send`] commits it; dropping the loan sends nothing.
     ///
@@ -242,7 +338,20 @@ impl<T: ZeroCopy> Sender<T> {
     /// # Errors
     ///
     /// As for [`send`](Self::send), with `()` in place of the message.
-    pub fn loan(&self) -> Result<Loan<'_, T>, SendError<()>> {
+    pub fn loan(&self) -> Result<Loan<'_, T>, SendError<()>>
+    where
+        T: ZeroCopy,
+    {
+        if let Flavor::Link(l) = &self.flavor {
+            return match l.is_connected()
+                || !matches!(
+                    l.kind(),
+                    TransportKind::Pipe | TransportKind::Fifo | TransportKind::UnixSocket
+                ) {
+                true => Ok(self.local_loan()),
+                false => Err(SendError::Disconnected(())),
+            };
+        }
         match self.claim(None, true) {
             Ok(pos) => Ok(self.loan_at(pos)),
             Err(Failure::Corrupt(c)) => Err(SendError::Corrupt((), c)),
@@ -255,7 +364,13 @@ impl<T: ZeroCopy> Sender<T> {
     /// # Errors
     ///
     /// As for [`try_send`](Self::try_send).
-    pub fn try_loan(&self) -> Result<Loan<'_, T>, TrySendError<()>> {
+    pub fn try_loan(&self) -> Result<Loan<'_, T>, TrySendError<()>>
+    where
+        T: ZeroCopy,
+    {
+        if let Flavor::Link(_) = &self.flavor {
+            return self.loan().map_err(|_| TrySendError::Disconnected(()));
+        }
         match self.claim(None, false) {
             Ok(pos) => Ok(self.loan_at(pos)),
             Err(Failure::Full) | Err(Failure::Timeout) => Err(TrySendError::Full(())),
@@ -269,7 +384,14 @@ impl<T: ZeroCopy> Sender<T> {
     /// # Errors
     ///
     /// As for [`send_timeout`](Self::send_timeout).
-    pub fn loan_timeout(&self, timeout: Duration) -> Result<Loan<'_, T>, SendTimeoutError<()>> {
+    pub fn loan_timeout(&self, timeout: Duration) -> Result<Loan<'_, T>, SendTimeoutError<()>>
+    where
+        T: ZeroCopy,
+    {
+        let _ = timeout;
+        if let Flavor::Link(_) = &self.flavor {
+            return self.loan().map_err(|_| SendTimeoutError::Disconnected(()));
+        }
         match self.claim(deadline_after(timeout), true) {
             Ok(pos) => Ok(self.loan_at(pos)),
             Err(Failure::Full) | Err(Failure::Timeout) => Err(SendTimeoutError::Timeout(())),
@@ -278,8 +400,11 @@ impl<T: ZeroCopy> Sender<T> {
         }
     }
 
-    fn loan_at(&self, pos: u64) -> Loan<'_, T> {
-        let ptr = self.end.seg.payload(pos).cast::<T>();
+    fn loan_at(&self, pos: u64) -> Loan<'_, T>
+    where
+        T: ZeroCopy,
+    {
+        let ptr = self.ring().0.seg.payload(pos).cast::<T>();
         debug_assert!((ptr as usize) % align_of::<T>() == 0);
         Loan {
             tx: self,
@@ -287,6 +412,25 @@ impl<T: ZeroCopy> Sender<T> {
             // The payload pointer is inside a live mapping, never null.
             ptr: NonNull::new(ptr).expect("mapping pointer is not null"),
             sent: false,
+            local: false,
+        }
+    }
+
+    /// A loan of a local, zeroed value (transports other than shared memory).
+    fn local_loan(&self) -> Loan<'_, T>
+    where
+        T: ZeroCopy,
+    {
+        let zeros = vec![0u8; size_of::<T>()];
+        let value =
+            Box::new(T::__decode(&zeros).expect("a zero-copy message of its own size decodes"));
+        Loan {
+            tx: self,
+            pos: 0,
+            // Owned by the loan: freed by `send` or `drop`.
+            ptr: NonNull::from(Box::leak(value)),
+            sent: false,
+            local: true,
         }
     }
 }
@@ -300,20 +444,34 @@ enum Failure {
 
 /// A slot loaned in shared memory: write the message through `DerefMut`, then
 /// [`send`](Loan::send) it. Dropping the loan sends nothing.
+///
+/// On transports other than shared memory the loan is a local value, sent (copied) by
+/// [`send`](Loan::send): the API is the same, but it is not zero-copy.
 pub struct Loan<'a, T: ZeroCopy> {
     tx: &'a Sender<T>,
     pos: u64,
     ptr: NonNull<T>,
     sent: bool,
+    /// Whether `ptr` is a heap value owned by the loan (`Box::leak`ed), on other transports.
+    local: bool,
 }
 
 impl<T: ZeroCopy> Loan<'_, T> {
-    /// Commits the message: from now on the receiver can take it. Never blocks.
+    /// Commits the message: from now on the receiver can take it. Never blocks on shared
+    /// memory. On other transports it sends the value, waiting while the transport is
+    /// full; a receiver that is gone makes the message vanish, as it would on shared
+    /// memory (the next call reports `Disconnected`).
     pub fn send(mut self) {
         self.sent = true;
-        self.tx
-            .producer
-            .commit(&self.tx.end.seg, self.pos, size_of::<T>() as u32, false);
+        if self.local {
+            // SAFETY: a local loan's `ptr` came from `Box::leak` in `local_loan` and is
+            // reclaimed exactly once: here (`sent` is set, so `drop` does not) or in `drop`.
+            let value = unsafe { Box::from_raw(self.ptr.as_ptr()) };
+            let _ = self.tx.send(*value);
+            return;
+        }
+        let (end, producer) = self.tx.ring();
+        producer.commit(&end.seg, self.pos, size_of::<T>() as u32, false);
     }
 }
 
@@ -335,8 +493,16 @@ impl<T: ZeroCopy> DerefMut for Loan<'_, T> {
 
 impl<T: ZeroCopy> Drop for Loan<'_, T> {
     fn drop(&mut self) {
+        if self.local {
+            if !self.sent {
+                // SAFETY: as in `send`: the leaked box is reclaimed once, and `send` did not.
+                drop(unsafe { Box::from_raw(self.ptr.as_ptr()) });
+            }
+            return;
+        }
         if !self.sent {
-            self.tx.producer.commit(&self.tx.end.seg, self.pos, 0, true);
+            let (end, producer) = self.tx.ring();
+            producer.commit(&end.seg, self.pos, 0, true);
         }
     }
 }
@@ -364,5 +530,33 @@ impl<T: Message> std::fmt::Debug for Sender<T> {
             .field("type", &T::INFO.name)
             .field("capacity", &self.capacity())
             .finish()
+    }
+}
+
+fn send_error<T>((msg, f): (T, LinkFail)) -> SendError<T> {
+    match f {
+        LinkFail::Encode(e) => SendError::Encode(msg, e),
+        LinkFail::Corrupt(c) => SendError::Corrupt(msg, c),
+        LinkFail::Decode(_) | LinkFail::Full | LinkFail::Timeout | LinkFail::Disconnected => {
+            SendError::Disconnected(msg)
+        }
+    }
+}
+
+fn try_send_error<T>((msg, f): (T, LinkFail)) -> TrySendError<T> {
+    match f {
+        LinkFail::Full | LinkFail::Timeout => TrySendError::Full(msg),
+        LinkFail::Encode(e) => TrySendError::Encode(msg, e),
+        LinkFail::Corrupt(c) => TrySendError::Corrupt(msg, c),
+        LinkFail::Decode(_) | LinkFail::Disconnected => TrySendError::Disconnected(msg),
+    }
+}
+
+fn send_timeout_error<T>((msg, f): (T, LinkFail)) -> SendTimeoutError<T> {
+    match f {
+        LinkFail::Full | LinkFail::Timeout => SendTimeoutError::Timeout(msg),
+        LinkFail::Encode(e) => SendTimeoutError::Encode(msg, e),
+        LinkFail::Corrupt(c) => SendTimeoutError::Corrupt(msg, c),
+        LinkFail::Decode(_) | LinkFail::Disconnected => SendTimeoutError::Disconnected(msg),
     }
 }

@@ -155,7 +155,7 @@ impl<Req: Message, Resp: Message> Client<Req, Resp> {
         let id = self.next_id.get();
         self.next_id.set(id + 1);
         let body = encode(request, self.max_message.saturating_sub(32))?;
-        if self.requests.end.peers_checked() != Peers::Attached {
+        if !peer_attached(&self.requests) {
             return Err(RequestError::ServerGone);
         }
         let envelope = Envelope {
@@ -188,7 +188,7 @@ impl<Req: Message, Resp: Message> Client<Req, Resp> {
                     // A late answer to an earlier request that timed out: drop it.
                 }
                 Err(RecvTimeoutError::Timeout) | Err(RecvTimeoutError::Disconnected) => {
-                    if self.requests.end.peers_checked() != Peers::Attached {
+                    if !peer_attached(&self.requests) {
                         return Err(RequestError::ServerGone);
                     }
                 }
@@ -201,7 +201,14 @@ impl<Req: Message, Resp: Message> Client<Req, Resp> {
 }
 
 fn responses_max(rx: &Receiver<Envelope>) -> usize {
-    rx.end.seg_max_message()
+    rx.max_message_size()
+}
+
+/// Whether the other side of `tx` (the servers of a request channel, the client of a
+/// response channel) is attached, checking that it is alive.
+fn peer_attached(tx: &Sender<Envelope>) -> bool {
+    tx.ring_end()
+        .is_none_or(|end| end.peers_checked() == Peers::Attached)
 }
 
 /// A request received by a [`Server`]: the decoded body and where to send the answer.
@@ -298,8 +305,7 @@ impl<Req: Message, Resp: Message> Server<Req, Resp> {
                 Err(e) => return Err(e.into()),
             };
             // Forget clients that left, so the table does not grow without bound.
-            clients
-                .retain(|_, tx: &mut Sender<Envelope>| tx.end.peers_checked() == Peers::Attached);
+            clients.retain(|_, tx: &mut Sender<Envelope>| peer_attached(tx));
             clients.insert(request.client, tx);
         }
         let tx = &clients[&request.client];

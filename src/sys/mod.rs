@@ -4,9 +4,12 @@
 //!
 //! Public signatures of the crate never expose `libc` or `nix` types.
 
+pub(crate) mod fd;
 pub(crate) mod futex;
 pub(crate) mod lock;
 pub(crate) mod membarrier;
+pub(crate) mod mq;
+pub(crate) mod msg;
 pub(crate) mod shm;
 
 /// The calling process's id.

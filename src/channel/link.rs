@@ -1,0 +1,425 @@
+//! The typed channel over a [`Link`](crate::transport::Link): encoding, decoding, error
+//! mapping, and the constructors that only exist for fallback transports (anonymous pipes
+//! and inherited descriptors).
+
+use std::cell::RefCell;
+use std::os::fd::OwnedFd;
+use std::process::Command;
+
+use super::{Receiver, Sender};
+use crate::error::{CorruptError, OpenError, TypeDesc};
+use crate::message::{DecodeError, EncodeError, Encoding, Message};
+use crate::options::Options;
+use crate::segment::posix::OpenMode;
+use crate::segment::Role;
+use crate::transport::pipe::{PipeReceiver, PipeSender};
+use crate::transport::posix_mq::PosixMq;
+use crate::transport::sysv_mq::SysvMq;
+use crate::transport::unix_socket::{Address, SocketReceiver, SocketSender};
+use crate::transport::{
+    fifo, Link, LinkError, LinkOpenError, Transport, TransportKind, Wait, Wire,
+};
+
+/// The environment variable [`Sender::pass_to`] and [`Receiver::pass_to`] use unless told
+/// otherwise.
+pub const INHERIT_VAR: &str = "SHMBUS_FD";
+
+/// One end of a channel over a fallback transport.
+pub(crate) struct LinkEnd {
+    link: RefCell<Box<dyn Link>>,
+    buf: RefCell<Vec<u8>>,
+    pub(crate) name: String,
+    pub(crate) max_frame: usize,
+}
+
+/// How a link operation on a typed channel failed.
+pub(crate) enum LinkFail {
+    Full,
+    Timeout,
+    Disconnected,
+    Encode(EncodeError),
+    Decode(DecodeError),
+    Corrupt(CorruptError),
+}
+
+impl From<LinkError> for LinkFail {
+    fn from(e: LinkError) -> Self {
+        match e {
+            LinkError::WouldBlock => LinkFail::Full,
+            LinkError::Timeout => LinkFail::Timeout,
+            LinkError::Disconnected => LinkFail::Disconnected,
+            LinkError::TooLarge { max } => LinkFail::Encode(EncodeError::TooLarge { max }),
+            LinkError::Corrupt(reason) => LinkFail::Corrupt(CorruptError { reason }),
+        }
+    }
+}
+
+fn wire<T: Message>(options: &Options) -> Wire {
+    let info = T::INFO;
+    Wire {
+        name: info.name,
+        encoding: info.encoding as u32,
+        fingerprint: info.fingerprint,
+        max_frame: match info.encoding {
+            Encoding::ZeroCopy => info.size,
+            _ => options.max_message_size,
+        },
+    }
+}
+
+pub(crate) fn open_error<T: Message>(name: &str, e: LinkOpenError) -> OpenError {
+    let name = name.to_owned();
+    match e {
+        LinkOpenError::NotFound(object) => OpenError::NotFound { name, object },
+        LinkOpenError::TypeMismatch(found) => OpenError::TypeMismatch {
+            name,
+            expected: TypeDesc {
+                name: T::INFO.name.to_owned(),
+                encoding: T::INFO.encoding.name(),
+                fingerprint: T::INFO.fingerprint,
+            },
+            found,
+        },
+        LinkOpenError::Invalid(reason) => OpenError::InvalidOptions { name, reason },
+        LinkOpenError::Refused(role) if role == "sender" || role == "receiver" => {
+            OpenError::TooManyParticipants {
+                name,
+                role: if role == "sender" {
+                    "sender"
+                } else {
+                    "receiver"
+                },
+                max: 1,
+            }
+        }
+        LinkOpenError::Refused(reason) => OpenError::Io {
+            name,
+            op: "connect",
+            source: std::io::Error::new(std::io::ErrorKind::ConnectionRefused, reason),
+        },
+        LinkOpenError::Io(op, source) => OpenError::Io { name, op, source },
+    }
+}
+
+/// Whether `/dev/shm` is a directory this process may create files in.
+fn dev_shm_usable() -> bool {
+    let probe = std::path::Path::new(crate::sys::shm::SHM_DIR).join(format!(
+        ".shmbus-probe-{}-{:?}",
+        std::process::id(),
+        std::thread::current().id()
+    ));
+    match std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&probe)
+    {
+        Ok(_) => {
+            let _ = std::fs::remove_file(&probe);
+            true
+        }
+        Err(_) => false,
+    }
+}
+
+/// The transport `Auto` stands for here: shared memory, else a POSIX queue, else System V.
+pub(crate) fn resolve(t: &Transport) -> Transport {
+    match t {
+        Transport::Auto if dev_shm_usable() => Transport::SharedMemory,
+        Transport::Auto if std::path::Path::new("/proc/sys/fs/mqueue").exists() => {
+            Transport::PosixQueue
+        }
+        Transport::Auto => Transport::SysvQueue { key: None },
+        other => other.clone(),
+    }
+}
+
+impl LinkEnd {
+    fn new(name: &str, link: Box<dyn Link>, max_frame: usize) -> LinkEnd {
+        LinkEnd {
+            link: RefCell::new(link),
+            buf: RefCell::new(Vec::with_capacity(max_frame)),
+            name: name.to_owned(),
+            max_frame,
+        }
+    }
+
+    /// Opens `name` over `options.transport`; `Ok(None)` for shared memory.
+    pub(crate) fn open<T: Message>(
+        name: &str,
+        options: &Options,
+        mode: OpenMode,
+        role: Role,
+    ) -> Result<Option<LinkEnd>, OpenError> {
+        let transport = resolve(&options.transport);
+        if transport == Transport::SharedMemory {
+            return Ok(None);
+        }
+        let object = crate::name::object_name(&options.prefix, name)?;
+        let w = wire::<T>(options);
+        let create = mode != OpenMode::Open;
+        let err = |e| open_error::<T>(name, e);
+        let (link, max): (Box<dyn Link>, usize) = match (&transport, role) {
+            (Transport::Fifo { path }, Role::Sender) => (
+                Box::new(
+                    fifo::sender(path, &w, create, options.file_mode, options.connect_timeout)
+                        .map_err(err)?,
+                ),
+                w.max_frame,
+            ),
+            (Transport::Fifo { path }, Role::Receiver) => (
+                Box::new(
+                    fifo::receiver(path, &w, create, options.file_mode, options.connect_timeout)
+                        .map_err(err)?,
+                ),
+                w.max_frame,
+            ),
+            (Transport::UnixSocket { .. } | Transport::AbstractSocket { .. }, _) => {
+                let address = match &transport {
+                    Transport::UnixSocket { path } => Address::Path(path.clone()),
+                    Transport::AbstractSocket { name } => Address::Abstract(name.clone()),
+                    _ => unreachable!(),
+                };
+                if role == Role::Sender {
+                    let s = SocketSender::connect(&address, &w, options.connect_timeout)
+                        .map_err(err)?;
+                    (Box::new(s), w.max_frame)
+                } else {
+                    let r = SocketReceiver::bind(&address, &w, options.allow_uids.clone())
+                        .map_err(err)?;
+                    (Box::new(r), w.max_frame)
+                }
+            }
+            (Transport::PosixQueue, _) => {
+                let q = PosixMq::open(
+                    &object,
+                    &w,
+                    role,
+                    create,
+                    options.capacity,
+                    options.file_mode,
+                )
+                .map_err(err)?;
+                let max = q.max_frame();
+                (Box::new(q), max)
+            }
+            (Transport::SysvQueue { key }, _) => {
+                let q = SysvMq::open(
+                    &object,
+                    *key,
+                    &w,
+                    role,
+                    create,
+                    options.file_mode,
+                    options.message_type,
+                )
+                .map_err(err)?;
+                let max = q.max_frame().min(w.max_frame.max(1));
+                (Box::new(q), max)
+            }
+            _ => {
+                return Err(OpenError::InvalidOptions {
+                    name: name.to_owned(),
+                    reason: format!("transport {transport:?} is not available here"),
+                })
+            }
+        };
+        Ok(Some(LinkEnd::new(name, link, max)))
+    }
+
+    pub(crate) fn kind(&self) -> TransportKind {
+        self.link.borrow().kind()
+    }
+
+    pub(crate) fn is_connected(&self) -> bool {
+        self.link.borrow_mut().is_connected()
+    }
+
+    pub(crate) fn capacity(&self) -> usize {
+        self.link.borrow().capacity().unwrap_or(0)
+    }
+
+    /// Encodes and sends `msg`.
+    pub(crate) fn send<T: Message>(
+        &self,
+        msg: T,
+        tag: u32,
+        wait: Wait,
+    ) -> Result<(), (T, LinkFail)> {
+        let mut buf = self.buf.borrow_mut();
+        buf.resize(self.max_frame, 0);
+        let n = match msg.__encode(&mut buf) {
+            Ok(n) => n,
+            Err(e) => return Err((msg, LinkFail::Encode(e))),
+        };
+        let r = self.link.borrow_mut().send_frame(&buf[..n], tag, wait);
+        r.map_err(|e| (msg, e.into()))
+    }
+
+    /// Receives and decodes one message.
+    pub(crate) fn recv<T: Message>(&self, wait: Wait) -> Result<T, LinkFail> {
+        let mut buf = self.buf.borrow_mut();
+        self.link.borrow_mut().recv_frame(&mut buf, wait)?;
+        T::__decode(&buf).map_err(LinkFail::Decode)
+    }
+
+    pub(crate) fn into_link(self) -> Box<dyn Link> {
+        self.link.into_inner()
+    }
+}
+
+fn spawn_var(cmd: &mut Command, var: &str, fd: OwnedFd) {
+    let raw = crate::sys::fd::inherit_in_child(cmd, fd);
+    cmd.env(var, raw.to_string());
+}
+
+fn inherited_fd(var: &str) -> Result<OwnedFd, OpenError> {
+    let bad = |reason: String| OpenError::InvalidOptions {
+        name: var.to_owned(),
+        reason,
+    };
+    let value =
+        std::env::var(var).map_err(|_| bad(format!("environment variable {var} is not set")))?;
+    let raw: i32 = value
+        .trim()
+        .parse()
+        .map_err(|_| bad(format!("{var}={value:?} is not a descriptor number")))?;
+    if raw < 3 {
+        return Err(bad(format!("{var}={raw} names a standard stream")));
+    }
+    // The variable is consumed: a second adoption of the same number would double-own it.
+    std::env::remove_var(var);
+    // SAFETY: the parent handed this descriptor to us through `var`, which we just removed,
+    // so nothing else in this process claims it.
+    unsafe { crate::sys::fd::adopt_inherited(raw) }.map_err(|e| OpenError::Io {
+        name: var.to_owned(),
+        op: "inherit",
+        source: e,
+    })
+}
+
+/// Creates an anonymous pipe carrying `T`: `(sender, receiver)`.
+///
+/// Keep both ends in one process, or hand one to a child process with
+/// [`Sender::pass_to`] / [`Receiver::pass_to`]; the child takes it back with
+/// [`Sender::from_inherited`] / [`Receiver::from_inherited`]. The pipe is a framed byte
+/// stream (`docs/wire-format.md`); messages are copied, not shared.
+///
+/// # Errors
+///
+/// [`OpenError::Io`] if the pipe cannot be made.
+///
+/// # Examples
+///
+/// ```
+/// #[derive(shmbus::Message, Clone, Copy, Debug, PartialEq)]
+/// #[repr(C)]
+/// struct Job { id: u64 }
+///
+/// let (tx, rx) = shmbus::pipe::<Job>()?;
+/// tx.send(Job { id: 7 })?;
+/// assert_eq!(rx.recv()?.id, 7);
+/// assert_eq!(tx.transport(), shmbus::TransportKind::Pipe);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+pub fn pipe<T: Message>() -> Result<(Sender<T>, Receiver<T>), OpenError> {
+    let options = Options::default();
+    let w = wire::<T>(&options);
+    let (tx, rx) = crate::transport::pipe::pipe(&w).map_err(|e| open_error::<T>("pipe", e))?;
+    Ok((
+        Sender::from_link(LinkEnd::new("pipe", Box::new(tx), w.max_frame)),
+        Receiver::from_link(LinkEnd::new("pipe", Box::new(rx), w.max_frame)),
+    ))
+}
+
+impl<T: Message> Sender<T> {
+    /// Hands this sender (made by [`pipe`](crate::pipe())) to the child that `cmd` will
+    /// spawn: the descriptor is inherited at the same number and the environment variable
+    /// `var` (e.g. [`INHERIT_VAR`]) tells the child which. The descriptor leaves this
+    /// process when `cmd` is dropped (after `spawn`), so the receiver sees the child as its
+    /// only sender.
+    ///
+    /// # Errors
+    ///
+    /// [`OpenError::InvalidOptions`] if this sender is not an anonymous pipe (the handle is
+    /// dropped).
+    pub fn pass_to(self, cmd: &mut Command, var: &str) -> Result<(), OpenError> {
+        let name = self.name().to_owned();
+        let fd =
+            self.into_link()
+                .and_then(|l| l.into_pipe_fd())
+                .ok_or(OpenError::InvalidOptions {
+                    name,
+                    reason: "only anonymous pipes can be passed to a child".into(),
+                })?;
+        spawn_var(cmd, var, fd);
+        Ok(())
+    }
+
+    /// Takes the pipe sender that the parent passed with [`pass_to`](Self::pass_to) under
+    /// the environment variable `var`, and introduces this handle's type to the receiver.
+    /// A receiver of another type reports the mismatch on its next receive.
+    ///
+    /// # Errors
+    ///
+    /// [`OpenError::InvalidOptions`] if `var` is missing or malformed, [`OpenError::Io`] if
+    /// the descriptor is not open.
+    pub fn from_inherited(var: &str) -> Result<Self, OpenError> {
+        let fd = inherited_fd(var)?;
+        let options = Options::default();
+        let w = wire::<T>(&options);
+        let tx = PipeSender::new(fd.into(), &w, TransportKind::Pipe)
+            .map_err(|e| open_error::<T>(var, e))?;
+        Ok(Sender::from_link(LinkEnd::new(
+            var,
+            Box::new(tx),
+            w.max_frame,
+        )))
+    }
+}
+
+impl<T: Message> Receiver<T> {
+    /// Hands this receiver (made by [`pipe`](crate::pipe())) to the child that `cmd` will
+    /// spawn; see [`Sender::pass_to`].
+    ///
+    /// # Errors
+    ///
+    /// [`OpenError::InvalidOptions`] if this receiver is not an anonymous pipe.
+    pub fn pass_to(self, cmd: &mut Command, var: &str) -> Result<(), OpenError> {
+        let name = self.name().to_owned();
+        let fd =
+            self.into_link()
+                .and_then(|l| l.into_pipe_fd())
+                .ok_or(OpenError::InvalidOptions {
+                    name,
+                    reason: "only anonymous pipes can be passed to a child".into(),
+                })?;
+        spawn_var(cmd, var, fd);
+        Ok(())
+    }
+
+    /// Takes the pipe receiver that the parent passed with [`pass_to`](Self::pass_to) under
+    /// `var`, and checks the sender's type (waiting up to `Options::connect_timeout`'s
+    /// default, 10 s, for its hello).
+    ///
+    /// # Errors
+    ///
+    /// [`OpenError::TypeMismatch`] if the sender carries another type; otherwise as for
+    /// [`Sender::from_inherited`].
+    pub fn from_inherited(var: &str) -> Result<Self, OpenError> {
+        let fd = inherited_fd(var)?;
+        let options = Options::default();
+        let w = wire::<T>(&options);
+        let rx = PipeReceiver::new(
+            fd.into(),
+            &w,
+            TransportKind::Pipe,
+            Some(options.connect_timeout),
+        )
+        .map_err(|e| open_error::<T>(var, e))?;
+        Ok(Receiver::from_link(LinkEnd::new(
+            var,
+            Box::new(rx),
+            w.max_frame,
+        )))
+    }
+}

@@ -1,0 +1,152 @@
+//! File-descriptor plumbing for the fallback transports: pipes, FIFOs, readiness polling,
+//! close-on-exec, socket peer credentials.
+
+use std::fs::File;
+use std::io;
+use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd, RawFd};
+use std::os::unix::process::CommandExt;
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use nix::fcntl::{FcntlArg, OFlag};
+
+fn to_io(e: nix::errno::Errno) -> io::Error {
+    io::Error::from_raw_os_error(e as i32)
+}
+
+/// A pipe, both ends close-on-exec: `(read end, write end)`.
+pub(crate) fn pipe() -> io::Result<(File, File)> {
+    let (r, w) = nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(to_io)?;
+    Ok((File::from(r), File::from(w)))
+}
+
+/// Creates a FIFO with exactly the permission bits `mode`.
+pub(crate) fn mkfifo(path: &Path, mode: u32) -> io::Result<()> {
+    nix::unistd::mkfifo(path, nix::sys::stat::Mode::from_bits_truncate(mode)).map_err(to_io)
+}
+
+/// Sets or clears `O_NONBLOCK`.
+pub(crate) fn set_nonblocking(fd: BorrowedFd<'_>, on: bool) -> io::Result<()> {
+    let flags = nix::fcntl::fcntl(fd, FcntlArg::F_GETFL).map_err(to_io)?;
+    let mut flags = OFlag::from_bits_truncate(flags);
+    flags.set(OFlag::O_NONBLOCK, on);
+    nix::fcntl::fcntl(fd, FcntlArg::F_SETFL(flags)).map_err(to_io)?;
+    Ok(())
+}
+
+/// What `poll` reported for one descriptor.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Ready {
+    pub(crate) readable: bool,
+    /// Hang-up or error: the next read or write says which.
+    pub(crate) hangup: bool,
+}
+
+/// Waits until one of `fds` is ready for what it asks (`true`: reading, `false`: writing),
+/// or `timeout` passes (`None`: forever). Returns one entry per descriptor. EINTR counts
+/// as a spurious wake-up (all entries not ready).
+pub(crate) fn poll(
+    fds: &[(BorrowedFd<'_>, bool)],
+    timeout: Option<Duration>,
+) -> io::Result<Vec<Ready>> {
+    let mut pfds: Vec<libc::pollfd> = fds
+        .iter()
+        .map(|(fd, read)| libc::pollfd {
+            fd: fd.as_raw_fd(),
+            events: if *read { libc::POLLIN } else { libc::POLLOUT },
+            revents: 0,
+        })
+        .collect();
+    let ms = match timeout {
+        None => -1,
+        // Round up so a short timeout does not become a busy loop of zero-length polls.
+        Some(d) => d.as_micros().div_ceil(1000).min(i32::MAX as u128) as libc::c_int,
+    };
+    // SAFETY: `pfds` is a valid array of `pfds.len()` pollfd structs that the kernel may
+    // write; every fd in it is borrowed for the duration of the call.
+    let r = unsafe { libc::poll(pfds.as_mut_ptr(), pfds.len() as libc::nfds_t, ms) };
+    if r < 0 {
+        let e = io::Error::last_os_error();
+        if e.kind() != io::ErrorKind::Interrupted {
+            return Err(e);
+        }
+        return Ok(vec![Ready::default(); fds.len()]);
+    }
+    Ok(pfds
+        .iter()
+        .map(|p| Ready {
+            readable: p.revents & libc::POLLIN != 0,
+            hangup: p.revents & (libc::POLLHUP | libc::POLLERR | libc::POLLNVAL) != 0,
+        })
+        .collect())
+}
+
+/// Arranges for `fd` to be inherited by the child that `cmd` spawns, at the same number
+/// (close-on-exec is cleared in the child only). The descriptor moves into `cmd`: it is
+/// closed in this process when `cmd` is dropped.
+pub(crate) fn inherit_in_child(cmd: &mut Command, fd: OwnedFd) -> RawFd {
+    let raw = fd.as_raw_fd();
+    // SAFETY: the closure runs in the forked child before exec; it only calls `fcntl`, which
+    // is async-signal-safe, on a descriptor that `fd` (owned by the closure, so kept open
+    // until `cmd` is dropped) keeps valid; it allocates nothing.
+    unsafe {
+        cmd.pre_exec(move || {
+            let raw = fd.as_raw_fd();
+            if libc::fcntl(raw, libc::F_SETFD, 0) == -1 {
+                return Err(io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    raw
+}
+
+/// Takes ownership of an inherited descriptor number after checking that it is open, and
+/// marks it close-on-exec so it does not leak further.
+///
+/// # Safety
+///
+/// The caller must be the only owner of `raw` in this process (it came from the parent
+/// through an environment variable and nothing else in this process uses it).
+pub(crate) unsafe fn adopt_inherited(raw: RawFd) -> io::Result<OwnedFd> {
+    // SAFETY: F_GETFD only queries the descriptor table; an invalid number gives EBADF.
+    if unsafe { libc::fcntl(raw, libc::F_GETFD) } == -1 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: as above, F_SETFD only changes this descriptor's flags.
+    unsafe { libc::fcntl(raw, libc::F_SETFD, libc::FD_CLOEXEC) };
+    // SAFETY: `raw` is open (checked above) and, by the caller's obligation, owned by no one
+    // else in this process.
+    Ok(unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(raw) })
+}
+
+/// The uid and pid of the process at the other end of a connected Unix socket.
+pub(crate) fn peer_cred(sock: BorrowedFd<'_>) -> io::Result<(u32, i32)> {
+    let mut cred = libc::ucred {
+        pid: 0,
+        uid: 0,
+        gid: 0,
+    };
+    let mut len = size_of::<libc::ucred>() as libc::socklen_t;
+    // SAFETY: `cred` is a valid, writable ucred of `len` bytes; `sock` is open for the call.
+    let r = unsafe {
+        libc::getsockopt(
+            sock.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_PEERCRED,
+            (&mut cred as *mut libc::ucred).cast(),
+            &mut len,
+        )
+    };
+    if r != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok((cred.uid, cred.pid))
+}
+
+/// Open flags and error numbers the transports test for.
+pub(crate) const O_NOFOLLOW: i32 = libc::O_NOFOLLOW;
+pub(crate) const O_NONBLOCK: i32 = libc::O_NONBLOCK;
+pub(crate) const ENXIO: i32 = libc::ENXIO;
+pub(crate) const ELOOP: i32 = libc::ELOOP;
