@@ -110,6 +110,8 @@ extern crate self as shmbus;
 #[cfg(not(shmbus_loom))]
 mod channel;
 mod error;
+#[cfg(all(test, not(shmbus_loom)))]
+mod fuzz_tests;
 mod message;
 mod name;
 mod options;

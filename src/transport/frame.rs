@@ -142,6 +142,49 @@ impl Hello {
     }
 }
 
+/// One frame found at the start of a buffer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Frame {
+    pub(crate) kind: u8,
+    /// Where the payload lies in the buffer.
+    pub(crate) payload: std::ops::Range<usize>,
+    /// Bytes the whole frame occupies.
+    pub(crate) total: usize,
+}
+
+/// Decodes the frame at the start of `avail`: `Ok(None)` if it is not complete yet, an
+/// error (the stream is corrupt) if its kind, length or checksum is wrong. Every length is
+/// checked against `max_frame` before it is used, so no input makes this read out of bounds
+/// or allocate.
+pub(crate) fn decode(avail: &[u8], max_frame: usize) -> Result<Option<Frame>, String> {
+    if avail.len() < 5 {
+        return Ok(None);
+    }
+    let len = u32::from_le_bytes(avail[..4].try_into().expect("4 bytes")) as usize;
+    let kind = avail[4];
+    if kind > KIND_HELLO {
+        return Err(format!("unknown frame kind {kind}"));
+    }
+    if len > max_frame {
+        return Err(format!(
+            "frame of {len} bytes exceeds the announced maximum of {max_frame}"
+        ));
+    }
+    let total = len + OVERHEAD;
+    if avail.len() < total {
+        return Ok(None);
+    }
+    let crc = u32::from_le_bytes(avail[5 + len..total].try_into().expect("4 bytes"));
+    if crc32(0, &avail[..5 + len]) != crc {
+        return Err("frame checksum mismatch".into());
+    }
+    Ok(Some(Frame {
+        kind,
+        payload: 5..5 + len,
+        total,
+    }))
+}
+
 /// The writing half of a framed byte stream over a non-blocking descriptor.
 pub(crate) struct StreamTx<F> {
     pub(crate) io: F,
@@ -234,36 +277,20 @@ impl<F: Read + AsFd> StreamRx<F> {
             return Err(LinkError::Corrupt(r.clone()));
         }
         let avail = &self.buf[self.start..];
-        if avail.len() < 5 {
-            return Ok(None);
+        match decode(avail, self.max_frame) {
+            Ok(None) => Ok(None),
+            Ok(Some(frame)) => {
+                out.clear();
+                out.extend_from_slice(&avail[frame.payload.clone()]);
+                self.start += frame.total;
+                if self.start == self.buf.len() {
+                    self.buf.clear();
+                    self.start = 0;
+                }
+                Ok(Some(frame.kind))
+            }
+            Err(reason) => Err(self.corrupt(reason)),
         }
-        let len = u32::from_le_bytes(avail[..4].try_into().expect("4 bytes")) as usize;
-        let kind = avail[4];
-        if kind > KIND_HELLO {
-            return Err(self.corrupt(format!("unknown frame kind {kind}")));
-        }
-        if len > self.max_frame {
-            return Err(self.corrupt(format!(
-                "frame of {len} bytes exceeds the announced maximum of {}",
-                self.max_frame
-            )));
-        }
-        let total = len + OVERHEAD;
-        if avail.len() < total {
-            return Ok(None);
-        }
-        let crc = u32::from_le_bytes(avail[5 + len..total].try_into().expect("4 bytes"));
-        if crc32(0, &avail[..5 + len]) != crc {
-            return Err(self.corrupt("frame checksum mismatch".into()));
-        }
-        out.clear();
-        out.extend_from_slice(&avail[5..5 + len]);
-        self.start += total;
-        if self.start == self.buf.len() {
-            self.buf.clear();
-            self.start = 0;
-        }
-        Ok(Some(kind))
     }
 
     /// Reads what is there without waiting.
