@@ -329,7 +329,7 @@ impl Geometry {
     }
 }
 
-#[cfg(any(test, shmbus_loom))]
+#[cfg(any(test, shmbus_loom, feature = "fuzzing"))]
 impl WaitCell {
     pub(crate) fn new() -> WaitCell {
         WaitCell {
@@ -339,7 +339,7 @@ impl WaitCell {
     }
 }
 
-#[cfg(any(test, shmbus_loom))]
+#[cfg(any(test, shmbus_loom, feature = "fuzzing"))]
 impl Control {
     /// A control block in its initial state (used by the heap backing; a new shared segment
     /// is zero-filled, which is the same state).
@@ -356,7 +356,7 @@ impl Control {
     }
 }
 
-#[cfg(any(test, shmbus_loom))]
+#[cfg(any(test, shmbus_loom, feature = "fuzzing"))]
 impl Participant {
     pub(crate) fn new() -> Participant {
         Participant {
@@ -367,7 +367,7 @@ impl Participant {
     }
 }
 
-#[cfg(any(test, shmbus_loom))]
+#[cfg(any(test, shmbus_loom, feature = "fuzzing"))]
 impl SlotHeader {
     /// A slot free for position `index` (its first lap).
     pub(crate) fn new(index: u64) -> SlotHeader {

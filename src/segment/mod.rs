@@ -15,7 +15,7 @@
 //! positions are always masked into range, and every sequence number and length read from a
 //! slot is checked; anything unexpected is reported as corruption, never acted upon.
 
-#[cfg(any(test, shmbus_loom))]
+#[cfg(any(test, shmbus_loom, feature = "fuzzing"))]
 pub(crate) mod heap;
 pub(crate) mod layout;
 #[cfg(not(shmbus_loom))]
