@@ -89,6 +89,7 @@ mod message;
 mod name;
 mod options;
 mod ring;
+mod schema;
 mod segment;
 mod sync;
 #[cfg(not(shmbus_loom))]
@@ -107,6 +108,9 @@ pub use message::{
     fingerprint, DecodeError, EncodeError, Encoding, Message, MessageInfo, Pod, ZeroCopy,
 };
 pub use name::MAX_NAME_LEN;
+pub use schema::{
+    FieldDesc, FieldKind, KindDesc, Schema, SchemaDesc, SchemaError, SchemaField, MAX_SCHEMA_LEN,
+};
 pub use options::{
     Delivery, Options, Overflow, DEFAULT_CAPACITY, DEFAULT_MAX_MESSAGE_SIZE,
     DEFAULT_MAX_PARTICIPANTS, DEFAULT_PREFIX, DEFAULT_SPIN,
