@@ -85,6 +85,8 @@ extern crate self as shmbus;
 #[cfg(not(shmbus_loom))]
 mod channel;
 mod error;
+#[cfg(not(shmbus_loom))]
+pub mod inspect;
 mod message;
 mod name;
 mod options;

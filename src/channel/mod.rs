@@ -76,6 +76,7 @@ impl End {
         let capacity = (options.capacity.max(2) as u64)
             .checked_next_power_of_two()
             .ok_or_else(|| invalid(format!("capacity {} is too large", options.capacity)))?;
+        let schema = info.schema.and_then(|s| s.encode()).unwrap_or_default();
         let geometry = Geometry::new(
             capacity,
             max_message,
@@ -83,6 +84,7 @@ impl End {
             options.max_senders,
             options.max_receivers,
         )
+        .and_then(|g| g.with_schema(schema.len() as u32))
         .map_err(invalid)?;
         let broadcast = options.delivery == Some(DeliveryMode::Broadcast);
         if options.overflow == Overflow::DropOldest && !broadcast {
@@ -115,6 +117,7 @@ impl End {
             },
             history: options.history as u32,
             file_mode: options.file_mode,
+            schema,
         };
         // Register for asymmetric barriers before touching the ring (see ring::wait).
         crate::sys::membarrier::available();
@@ -170,6 +173,7 @@ impl End {
             }
         };
         if seg.left_behind() {
+            tracing::info!(channel = name, "recovering a segment left behind by processes that are gone");
             ring::recover_left_behind(&seg);
             seg.share().map_err(io_err("lock"))?;
         }
@@ -198,6 +202,7 @@ impl End {
                     Role::Receiver => seg.geometry().max_receivers,
                 },
             })?;
+        tracing::debug!(channel = name, role = role.name(), index, "attached");
         Ok(End {
             seg,
             role,
@@ -324,6 +329,7 @@ impl End {
 impl Drop for End {
     fn drop(&mut self) {
         ring::detach(&self.seg, self.role, self.index);
+        tracing::debug!(channel = %self.name, role = self.role.name(), index = self.index, "detached");
     }
 }
 

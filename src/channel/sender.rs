@@ -126,6 +126,8 @@ impl<T: Message> Sender<T> {
             Ok(Claim::Full) => {}
             Err(c) => return Err(Failure::Corrupt(c.into())),
         }
+        let stats = self.end.seg.counters(Role::Sender, self.end.index);
+        crate::segment::layout::Counters::bump(&stats.full_waits, 1);
         if !block {
             return Err(match self.end.peers_rate_limited() {
                 Peers::Gone => Failure::Disconnected,
