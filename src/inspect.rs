@@ -31,6 +31,8 @@
 
 use std::io;
 
+pub use crate::channel::raw::{RawSendError, RawSender};
+
 use crate::message::Encoding;
 use crate::name;
 use crate::schema::SchemaDesc;
@@ -366,6 +368,20 @@ impl Observer {
             }
         } else {
             self.view.control().head.0.load(Ordering::Acquire)
+        }
+    }
+
+    /// The message description recorded in the header, to attach a
+    /// [`RawSender`](crate::inspect::RawSender) with. The name is leaked (once per call).
+    pub fn message_info(&self) -> crate::MessageInfo {
+        let h = self.view.header();
+        crate::MessageInfo {
+            name: Box::leak(h.type_name().into_boxed_str()),
+            encoding: Encoding::from_u32(h.encoding).unwrap_or(Encoding::Postcard),
+            size: h.msg_size as usize,
+            align: h.msg_align as usize,
+            fingerprint: h.fingerprint,
+            schema: None,
         }
     }
 

@@ -5,6 +5,7 @@
 
 mod receiver;
 mod sender;
+pub(crate) mod raw;
 mod service;
 
 pub use receiver::{Iter, Receiver, Sample, TryIter};
@@ -60,8 +61,18 @@ impl End {
         mode: OpenMode,
         role: Role,
     ) -> Result<End, OpenError> {
+        Self::open_info(name, options, mode, role, T::INFO)
+    }
+
+    /// [`open`](Self::open) for a type known only by its description.
+    pub(crate) fn open_info(
+        name: &str,
+        options: &Options,
+        mode: OpenMode,
+        role: Role,
+        info: crate::MessageInfo,
+    ) -> Result<End, OpenError> {
         let object = name::object_name(&options.prefix, name)?;
-        let info = T::INFO;
         let invalid = |reason: String| OpenError::InvalidOptions {
             name: name.to_owned(),
             reason,
