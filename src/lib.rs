@@ -110,12 +110,12 @@ pub use message::{
     fingerprint, DecodeError, EncodeError, Encoding, Message, MessageInfo, Pod, ZeroCopy,
 };
 pub use name::MAX_NAME_LEN;
-pub use schema::{
-    FieldDesc, FieldKind, KindDesc, Schema, SchemaDesc, SchemaError, SchemaField, MAX_SCHEMA_LEN,
-};
 pub use options::{
     Delivery, Options, Overflow, DEFAULT_CAPACITY, DEFAULT_MAX_MESSAGE_SIZE,
     DEFAULT_MAX_PARTICIPANTS, DEFAULT_PREFIX, DEFAULT_SPIN,
+};
+pub use schema::{
+    FieldDesc, FieldKind, KindDesc, Schema, SchemaDesc, SchemaError, SchemaField, MAX_SCHEMA_LEN,
 };
 pub use shmbus_derive::Message;
 

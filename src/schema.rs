@@ -257,7 +257,9 @@ impl<'a> Reader<'a> {
         Ok(self.take(1)?[0])
     }
     fn u16(&mut self) -> Result<u16, SchemaError> {
-        Ok(u16::from_le_bytes(self.take(2)?.try_into().expect("2 bytes")))
+        Ok(u16::from_le_bytes(
+            self.take(2)?.try_into().expect("2 bytes"),
+        ))
     }
     fn u32(&mut self) -> Result<usize, SchemaError> {
         Ok(u32::from_le_bytes(self.take(4)?.try_into().expect("4 bytes")) as usize)
@@ -286,7 +288,9 @@ impl<'a> Reader<'a> {
             if encoding == Some(Encoding::ZeroCopy)
                 && offset.checked_add(fsize).is_none_or(|end| end > size)
             {
-                return Err(SchemaError(format!("field `{name}` lies outside the message")));
+                return Err(SchemaError(format!(
+                    "field `{name}` lies outside the message"
+                )));
             }
             fields.push(FieldDesc {
                 name,
@@ -414,7 +418,9 @@ mod tests {
             assert!(SchemaDesc::decode(&bytes[..n]).is_err());
         }
         // A deeply nested array chain.
-        let mut deep = vec![1, 0, b'x', 1, 8, 0, 0, 0, 8, 0, 0, 0, 1, 0, 1, 0, b'a', 0, 0];
+        let mut deep = vec![
+            1, 0, b'x', 1, 8, 0, 0, 0, 8, 0, 0, 0, 1, 0, 1, 0, b'a', 0, 0,
+        ];
         deep.extend_from_slice(&[0, 0, 0, 0, 8, 0, 0, 0]);
         for _ in 0..100 {
             deep.extend_from_slice(&[20, 1, 0, 0, 0]);

@@ -49,7 +49,10 @@ pub fn run(prefix: &str, messages: u64) -> Result<(), String> {
         let out = child
             .wait_with_output()
             .map_err(|e| format!("{what}: {e}"))?;
-        print!("  {what} (pid {pid}): {}", String::from_utf8_lossy(&out.stdout));
+        print!(
+            "  {what} (pid {pid}): {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
         if !out.status.success() {
             return Err(format!("the {what} process failed ({})", out.status));
         }
@@ -91,7 +94,10 @@ pub fn consumer(prefix: &str, name: &str, messages: u64) -> Result<(), String> {
         let tick = rx.recv().map_err(|e| e.to_string())?;
         start.get_or_insert_with(Instant::now);
         if tick.seq != expected {
-            return Err(format!("out of order: got {} expected {expected}", tick.seq));
+            return Err(format!(
+                "out of order: got {} expected {expected}",
+                tick.seq
+            ));
         }
         if expected % 64 == 0 && lat.len() < lat.capacity() {
             lat.push(now_ns().saturating_sub(tick.sent_ns));
@@ -99,7 +105,11 @@ pub fn consumer(prefix: &str, name: &str, messages: u64) -> Result<(), String> {
     }
     let secs = start.map_or(0.0, |s| s.elapsed().as_secs_f64());
     lat.sort_unstable();
-    let pct = |p: f64| lat.get(((lat.len() as f64 - 1.0) * p) as usize).copied().unwrap_or(0);
+    let pct = |p: f64| {
+        lat.get(((lat.len() as f64 - 1.0) * p) as usize)
+            .copied()
+            .unwrap_or(0)
+    };
     println!(
         "received {messages} in order in {secs:.3} s: {:.2} M messages/s; one-way latency (busy stream, sampled 1/64) median {} ns, p99 {} ns",
         messages as f64 / secs.max(1e-9) / 1e6,

@@ -114,7 +114,12 @@ pub fn encode(schema: &SchemaDesc, json: &Value) -> Result<Vec<u8>, String> {
     Ok(out)
 }
 
-fn encode_struct(fields: &[FieldDesc], v: &Value, out: &mut [u8], path: &str) -> Result<(), String> {
+fn encode_struct(
+    fields: &[FieldDesc],
+    v: &Value,
+    out: &mut [u8],
+    path: &str,
+) -> Result<(), String> {
     let obj = v
         .as_object()
         .ok_or_else(|| format!("{path}: expected a JSON object, found {v}"))?;
@@ -147,7 +152,8 @@ fn encode_value(kind: &KindDesc, v: &Value, out: &mut [u8], path: &str) -> Resul
                 .map(i128::from)
                 .or_else(|| v.as_u64().map(i128::from))
                 .ok_or_else(|| bad(stringify!($t)))?;
-            let x = <$t>::try_from(n).map_err(|_| bad(concat!("a value in range of ", stringify!($t))))?;
+            let x = <$t>::try_from(n)
+                .map_err(|_| bad(concat!("a value in range of ", stringify!($t))))?;
             out.copy_from_slice(&x.to_le_bytes());
         }};
     }
@@ -178,11 +184,19 @@ fn encode_value(kind: &KindDesc, v: &Value, out: &mut [u8], path: &str) -> Resul
             }
             let items = v.as_array().ok_or_else(|| bad("an array"))?;
             if items.len() != *len {
-                return Err(format!("{path}: expected {len} elements, found {}", items.len()));
+                return Err(format!(
+                    "{path}: expected {len} elements, found {}",
+                    items.len()
+                ));
             }
             let size = if *len == 0 { 0 } else { out.len() / len };
             for (i, item) in items.iter().enumerate() {
-                encode_value(elem, item, &mut out[i * size..(i + 1) * size], &format!("{path}[{i}]"))?;
+                encode_value(
+                    elem,
+                    item,
+                    &mut out[i * size..(i + 1) * size],
+                    &format!("{path}[{i}]"),
+                )?;
             }
         }
         KindDesc::Struct(s) => encode_struct(&s.fields, v, out, path)?,

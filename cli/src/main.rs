@@ -14,7 +14,11 @@ use serde_json::json;
 use shmbus::inspect::{self, ChannelInfo, Observed, Observer, ParticipantInfo};
 
 #[derive(Parser)]
-#[command(name = "shmbus", version, about = "Inspect and use shmbus shared-memory channels")]
+#[command(
+    name = "shmbus",
+    version,
+    about = "Inspect and use shmbus shared-memory channels"
+)]
 struct Cli {
     /// Prefix of the channels' object names in /dev/shm.
     #[arg(long, global = true, env = "SHMBUS_PREFIX", default_value = shmbus::DEFAULT_PREFIX)]
@@ -195,7 +199,16 @@ fn list(prefix: &str, as_json: bool) -> Result {
         return Ok(());
     }
     let mut rows = vec![[
-        "NAME", "MODE", "TYPE", "ENCODING", "CAP", "SLOT", "DEPTH", "SENDERS", "RECEIVERS", "STATE",
+        "NAME",
+        "MODE",
+        "TYPE",
+        "ENCODING",
+        "CAP",
+        "SLOT",
+        "DEPTH",
+        "SENDERS",
+        "RECEIVERS",
+        "STATE",
     ]
     .map(String::from)];
     for e in &entries {
@@ -279,11 +292,23 @@ fn stat(prefix: &str, name: &str, watch: bool, interval_ms: u64) -> Result {
     }
     println!(
         "state      {}, created by pid {}",
-        if i.stale { "stale (no process holds it)" } else { "live" },
+        if i.stale {
+            "stale (no process holds it)"
+        } else {
+            "live"
+        },
         i.creator_pid
     );
     let mut rows = vec![[
-        "ROLE", "#", "PID", "STATE", "SENT", "RECEIVED", "FULL-WAITS", "WAKEUPS", "LAGGED",
+        "ROLE",
+        "#",
+        "PID",
+        "STATE",
+        "SENT",
+        "RECEIVED",
+        "FULL-WAITS",
+        "WAKEUPS",
+        "LAGGED",
     ]
     .map(String::from)];
     for (role, ps) in [("sender", &i.senders), ("receiver", &i.receivers)] {
@@ -321,10 +346,7 @@ fn stat(prefix: &str, name: &str, watch: bool, interval_ms: u64) -> Result {
         r.lagged.to_string(),
     ]);
     print_table(&rows);
-    println!(
-        "depth      {} (tail {}, head {})",
-        i.depth, i.tail, i.head
-    );
+    println!("depth      {} (tail {}, head {})", i.depth, i.tail, i.head);
     if !watch {
         return Ok(());
     }
@@ -405,7 +427,9 @@ fn send(prefix: &str, name: &str, text: &str, timeout_ms: u64) -> Result {
     let obs = open(prefix, name)?;
     let info = obs.info();
     let schema = info.schema.as_ref().ok_or_else(|| {
-        format!("channel {name:?} has no recorded schema, so its messages cannot be encoded from JSON")
+        format!(
+            "channel {name:?} has no recorded schema, so its messages cannot be encoded from JSON"
+        )
     })?;
     let value: serde_json::Value =
         serde_json::from_str(text).map_err(|e| format!("the message is not valid JSON: {e}"))?;

@@ -3,9 +3,9 @@
 //! This module owns the blocking policy (spin, then sleep on the futex in slices, checking
 //! that the peer is alive between slices) and the typed view of slots.
 
+pub(crate) mod raw;
 mod receiver;
 mod sender;
-pub(crate) mod raw;
 mod service;
 
 pub use receiver::{Iter, Receiver, Sample, TryIter};
@@ -184,7 +184,10 @@ impl End {
             }
         };
         if seg.left_behind() {
-            tracing::info!(channel = name, "recovering a segment left behind by processes that are gone");
+            tracing::info!(
+                channel = name,
+                "recovering a segment left behind by processes that are gone"
+            );
             ring::recover_left_behind(&seg);
             seg.share().map_err(io_err("lock"))?;
         }

@@ -67,7 +67,9 @@ impl RawSender {
                 "{} bytes do not fit this channel's messages ({})",
                 bytes.len(),
                 self.msg_size
-                    .map_or(format!("up to {max} bytes"), |n| format!("exactly {n} bytes"))
+                    .map_or(format!("up to {max} bytes"), |n| format!(
+                        "exactly {n} bytes"
+                    ))
             )));
         }
         let pos = self

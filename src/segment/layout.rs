@@ -307,8 +307,8 @@ impl Geometry {
                 * core::mem::size_of::<Participant>() as u64;
         let entry_size = core::mem::size_of::<Participant>() as u64;
         let counters_offset = participants_end;
-        let schema_offset = counters_offset
-            + (max_senders as u64 + max_receivers as u64) * entry_size.max(64);
+        let schema_offset =
+            counters_offset + (max_senders as u64 + max_receivers as u64) * entry_size.max(64);
         let ring_offset = round_up(schema_offset, PAGE as u64);
         let total_size = stride
             .checked_mul(capacity)
@@ -343,7 +343,12 @@ impl Geometry {
             .checked_mul(self.capacity)
             .and_then(|r| r.checked_add(ring_offset))
             .filter(|t| *t <= MAX_TOTAL)
-            .ok_or_else(|| format!("capacity {} × slot size {} overflows", self.capacity, self.stride))?;
+            .ok_or_else(|| {
+                format!(
+                    "capacity {} × slot size {} overflows",
+                    self.capacity, self.stride
+                )
+            })?;
         Ok(Geometry {
             schema_len,
             ring_offset,

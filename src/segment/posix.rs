@@ -26,8 +26,8 @@ use memmap2::MmapRaw;
 use zerocopy::{FromBytes, IntoBytes};
 
 use super::layout::{
-    Control, Counters, Geometry, Header, Participant, SlotHeader, HEADER_SIZE, LAYOUT_VERSION, MAGIC,
-    MAX_PARTICIPANTS, READY, READY_OFFSET, TYPE_NAME_LEN,
+    Control, Counters, Geometry, Header, Participant, SlotHeader, HEADER_SIZE, LAYOUT_VERSION,
+    MAGIC, MAX_PARTICIPANTS, READY, READY_OFFSET, TYPE_NAME_LEN,
 };
 use super::{Memory, Role};
 use crate::sync::{AtomicU32, Ordering};

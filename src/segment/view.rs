@@ -48,8 +48,8 @@ impl SegmentView {
                 "smaller than a header (being created, or not a shmbus segment)".into(),
             ));
         }
-        let map = shm::map_read_only(&file, st.size as usize)
-            .map_err(|e| SegmentError::Io("mmap", e))?;
+        let map =
+            shm::map_read_only(&file, st.size as usize).map_err(|e| SegmentError::Io("mmap", e))?;
         // SAFETY: the mapping holds at least HEADER_SIZE bytes and is page aligned, so the
         // ready word is in bounds and aligned; it is only accessed atomically.
         let ready = unsafe { &*(map.as_ptr().add(READY_OFFSET) as *const AtomicU32) };
