@@ -130,6 +130,8 @@ fn zero_copy(input: &Input, shape: &Shape) -> TokenStream {
         })
     };
 
+    let parts = Ident::new("__SHMBUS_LAYOUT", Span::mixed_site());
+
     // SAFETY (of the three `unsafe impl`s below): the assertions above make the program fail
     // to compile unless every field is `Pod` (plain data: every bit pattern valid, no
     // pointers, no interior mutability) and the struct, which is `#[repr(C)]` or
@@ -141,13 +143,17 @@ fn zero_copy(input: &Input, shape: &Shape) -> TokenStream {
         const _: () = {
             #assert_no_padding
 
+            // Fingerprint and schema in one constant, so that an unsatisfied `F: Pod` is
+            // reported once.
+            const #parts: (::core::primitive::u64, ::shmbus::__private::FieldKind) = {
+                #(#assert_pod)*
+                (#fingerprint, #schema_kind)
+            };
+
             #[automatically_derived]
             unsafe impl ::shmbus::__private::Pod for #ty {
-                const SCHEMA_FINGERPRINT: ::core::primitive::u64 = {
-                    #(#assert_pod)*
-                    #fingerprint
-                };
-                const SCHEMA_KIND: ::shmbus::__private::FieldKind = #schema_kind;
+                const SCHEMA_FINGERPRINT: ::core::primitive::u64 = #parts.0;
+                const SCHEMA_KIND: ::shmbus::__private::FieldKind = #parts.1;
             }
 
             #[automatically_derived]
