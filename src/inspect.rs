@@ -372,7 +372,7 @@ impl Observer {
     }
 
     /// The message description recorded in the header, to attach a
-    /// [`RawSender`](crate::inspect::RawSender) with. The name is leaked (once per call).
+    /// [`RawSender`] with. The name is leaked (once per call).
     pub fn message_info(&self) -> crate::MessageInfo {
         let h = self.view.header();
         crate::MessageInfo {
