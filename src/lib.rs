@@ -115,10 +115,13 @@ mod error;
 pub mod fuzz_api;
 #[cfg(all(test, not(shmbus_loom)))]
 mod fuzz_tests;
+#[cfg(not(shmbus_loom))]
+pub mod inspect;
 mod message;
 mod name;
 mod options;
 mod ring;
+mod schema;
 mod segment;
 mod sync;
 #[cfg(not(shmbus_loom))]
@@ -141,6 +144,9 @@ pub use name::MAX_NAME_LEN;
 pub use options::{
     Delivery, Options, Overflow, DEFAULT_CAPACITY, DEFAULT_CONNECT_TIMEOUT,
     DEFAULT_MAX_MESSAGE_SIZE, DEFAULT_MAX_PARTICIPANTS, DEFAULT_PREFIX, DEFAULT_SPIN,
+};
+pub use schema::{
+    FieldDesc, FieldKind, KindDesc, Schema, SchemaDesc, SchemaError, SchemaField, MAX_SCHEMA_LEN,
 };
 pub use shmbus_derive::Message;
 pub use transport::{Transport, TransportKind};

@@ -16,6 +16,8 @@
 
 use std::fmt;
 
+use crate::schema::{FieldKind, Schema};
+
 /// How a message's bytes are laid out in a slot.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[repr(u32)]
@@ -65,6 +67,9 @@ pub struct MessageInfo {
     pub align: usize,
     /// Hash of name, fields, field types, size, alignment and encoding.
     pub fingerprint: u64,
+    /// The recorded shape of the type, stored in the segment by the channel's creator so
+    /// that tools can decode messages without the Rust type (see [`crate::inspect`]).
+    pub schema: Option<&'static Schema>,
 }
 
 /// A type that can travel through a shmbus channel.
@@ -116,6 +121,9 @@ pub unsafe trait Pod: Sized + Send + Sync + 'static {
     /// Fingerprint of this type's layout, mixed into the fingerprint of any struct that
     /// contains it.
     const SCHEMA_FINGERPRINT: u64;
+
+    /// What the bytes of this type are, for the recorded [`Schema`].
+    const SCHEMA_KIND: FieldKind = FieldKind::Opaque;
 }
 
 /// A message that travels zero-copy: it can be loaned in place with
@@ -132,15 +140,20 @@ pub unsafe trait Pod: Sized + Send + Sync + 'static {
 pub unsafe trait ZeroCopy: Message + Pod {}
 
 macro_rules! pod_primitive {
-    ($($t:ty),* $(,)?) => {$(
+    ($($t:ty => $kind:ident),* $(,)?) => {$(
         // SAFETY: every bit pattern is a valid value of this primitive, it has no padding,
         // no pointers and no interior mutability.
         unsafe impl Pod for $t {
             const SCHEMA_FINGERPRINT: u64 = fingerprint::str(fingerprint::SEED, stringify!($t));
+            const SCHEMA_KIND: FieldKind = FieldKind::$kind;
         }
     )*};
 }
-pod_primitive!(u8, u16, u32, u64, u128, usize, i8, i16, i32, i64, i128, isize, f32, f64);
+pod_primitive!(
+    u8 => U8, u16 => U16, u32 => U32, u64 => U64, u128 => Opaque, usize => Opaque,
+    i8 => I8, i16 => I16, i32 => I32, i64 => I64, i128 => Opaque, isize => Opaque,
+    f32 => F32, f64 => F64,
+);
 
 // SAFETY: an array of plain data is plain data: elements are laid out with no gaps (their
 // size is a multiple of their alignment) and no other bytes.
@@ -152,6 +165,10 @@ unsafe impl<T: Pod, const N: usize> Pod for [T; N] {
         ),
         N as u64,
     );
+    const SCHEMA_KIND: FieldKind = FieldKind::Array {
+        elem: &T::SCHEMA_KIND,
+        len: N,
+    };
 }
 
 /// Why a message could not be encoded into a slot.
@@ -228,6 +245,7 @@ pub mod fingerprint {
 pub mod __private {
     pub use super::fingerprint;
     pub use super::{DecodeError, EncodeError, Encoding, Message, MessageInfo, Pod, ZeroCopy};
+    pub use crate::schema::{FieldKind, Schema, SchemaField};
     pub use core::mem::{align_of, offset_of, size_of};
     pub use serde;
 

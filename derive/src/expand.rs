@@ -100,6 +100,38 @@ fn zero_copy(input: &Input, shape: &Shape) -> TokenStream {
     }
     let fingerprint = fingerprint(&mix);
 
+    // The recorded schema. Each field's kind names `<F as Pod>` at the field's type, as
+    // `assert_pod` does, so an unsatisfied bound is still reported once.
+    let schema_fields = shape.fields.iter().map(|field| {
+        let member = &field.member;
+        let field_ty = field.ty;
+        let field_name = LitStr::new(&field.name(), Span::call_site());
+        let type_name = LitStr::new(&tokens_without_whitespace(field_ty), Span::call_site());
+        let kind = quote_spanned! {field_ty.span()=>
+            <#field_ty as ::shmbus::__private::Pod>::SCHEMA_KIND
+        };
+        quote! {
+            ::shmbus::__private::SchemaField {
+                name: #field_name,
+                type_name: #type_name,
+                offset: ::shmbus::__private::offset_of!(#ty, #member),
+                size: ::shmbus::__private::size_of::<#field_ty>(),
+                kind: #kind,
+            }
+        }
+    });
+    let schema_kind = quote! {
+        ::shmbus::__private::FieldKind::Struct(&::shmbus::__private::Schema {
+            name: #name,
+            encoding: ::shmbus::__private::Encoding::ZeroCopy,
+            size: ::shmbus::__private::size_of::<#ty>(),
+            align: ::shmbus::__private::align_of::<#ty>(),
+            fields: &[#(#schema_fields),*],
+        })
+    };
+
+    let parts = Ident::new("__SHMBUS_LAYOUT", Span::mixed_site());
+
     // SAFETY (of the three `unsafe impl`s below): the assertions above make the program fail
     // to compile unless every field is `Pod` (plain data: every bit pattern valid, no
     // pointers, no interior mutability) and the struct, which is `#[repr(C)]` or
@@ -111,12 +143,17 @@ fn zero_copy(input: &Input, shape: &Shape) -> TokenStream {
         const _: () = {
             #assert_no_padding
 
+            // Fingerprint and schema in one constant, so that an unsatisfied `F: Pod` is
+            // reported once.
+            const #parts: (::core::primitive::u64, ::shmbus::__private::FieldKind) = {
+                #(#assert_pod)*
+                (#fingerprint, #schema_kind)
+            };
+
             #[automatically_derived]
             unsafe impl ::shmbus::__private::Pod for #ty {
-                const SCHEMA_FINGERPRINT: ::core::primitive::u64 = {
-                    #(#assert_pod)*
-                    #fingerprint
-                };
+                const SCHEMA_FINGERPRINT: ::core::primitive::u64 = #parts.0;
+                const SCHEMA_KIND: ::shmbus::__private::FieldKind = #parts.1;
             }
 
             #[automatically_derived]
@@ -127,6 +164,7 @@ fn zero_copy(input: &Input, shape: &Shape) -> TokenStream {
                     size: ::shmbus::__private::size_of::<#ty>(),
                     align: ::shmbus::__private::align_of::<#ty>(),
                     fingerprint: <#ty as ::shmbus::__private::Pod>::SCHEMA_FINGERPRINT,
+                    schema: <#ty as ::shmbus::__private::Pod>::SCHEMA_KIND.as_schema(),
                 };
 
                 #[inline]
@@ -203,6 +241,7 @@ fn postcard(input: &Input) -> TokenStream {
         Data::Union(_) => unreachable!("rejected by validation"),
     }
     let fingerprint = fingerprint(&mix);
+    let schema = postcard_schema(input, &name);
 
     // SAFETY: a postcard message makes no promise about its memory layout: it is only ever
     // moved in and out of shared memory as the bytes postcard produces and checks, and it is
@@ -219,6 +258,7 @@ fn postcard(input: &Input) -> TokenStream {
                     size: ::shmbus::__private::size_of::<#ty>(),
                     align: ::shmbus::__private::align_of::<#ty>(),
                     fingerprint: #fingerprint,
+                    schema: ::core::option::Option::Some(&#schema),
                 };
 
                 #[inline]
@@ -237,6 +277,64 @@ fn postcard(input: &Input) -> TokenStream {
                 }
             }
         };
+    }
+}
+
+/// The schema of a serialized message: field names and types as text (for an enum, one entry
+/// per variant with its fields as the type text).
+fn postcard_schema(input: &Input, name: &LitStr) -> TokenStream {
+    let ty = input.ident;
+    let text_field = |field_name: String, type_name: String| {
+        let field_name = LitStr::new(&field_name, Span::call_site());
+        let type_name = LitStr::new(&type_name, Span::call_site());
+        quote! {
+            ::shmbus::__private::SchemaField {
+                name: #field_name,
+                type_name: #type_name,
+                offset: 0,
+                size: 0,
+                kind: ::shmbus::__private::FieldKind::Opaque,
+            }
+        }
+    };
+    let fields: Vec<TokenStream> = match &input.data {
+        Data::Struct(shape) => shape
+            .fields
+            .iter()
+            .map(|f| text_field(f.name(), tokens_without_whitespace(f.ty)))
+            .collect(),
+        Data::Enum(variants) => variants
+            .iter()
+            .map(|v| {
+                let types: Vec<String> = v
+                    .shape
+                    .fields
+                    .iter()
+                    .map(|f| match v.shape.style {
+                        crate::ast::Style::Named => {
+                            format!("{}:{}", f.name(), tokens_without_whitespace(f.ty))
+                        }
+                        _ => tokens_without_whitespace(f.ty),
+                    })
+                    .collect();
+                let shape = match v.shape.style {
+                    crate::ast::Style::Unit => String::new(),
+                    crate::ast::Style::Tuple => format!("({})", types.join(",")),
+                    crate::ast::Style::Named => format!("{{{}}}", types.join(",")),
+                };
+                text_field(v.ident.unraw().to_string(), format!("variant{shape}"))
+            })
+            .collect(),
+        Data::Union(_) => Vec::new(),
+    };
+    quote! {
+        ::shmbus::__private::Schema {
+            name: #name,
+            encoding: ::shmbus::__private::Encoding::Postcard,
+            size: ::shmbus::__private::size_of::<#ty>(),
+            align: ::shmbus::__private::align_of::<#ty>(),
+            fields: &[#(#fields),*],
+        }
     }
 }
 

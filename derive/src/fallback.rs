@@ -25,6 +25,7 @@ pub(crate) fn expand(input: &Input, errors: TokenStream) -> TokenStream {
                     size: 0,
                     align: 1,
                     fingerprint: 0,
+                    schema: ::core::option::Option::None,
                 };
 
                 fn __encode(

@@ -4,6 +4,7 @@
 //! that the peer is alive between slices) and the typed view of slots.
 
 mod link;
+pub(crate) mod raw;
 mod receiver;
 mod sender;
 mod service;
@@ -62,8 +63,18 @@ impl End {
         mode: OpenMode,
         role: Role,
     ) -> Result<End, OpenError> {
+        Self::open_info(name, options, mode, role, T::INFO)
+    }
+
+    /// [`open`](Self::open) for a type known only by its description.
+    pub(crate) fn open_info(
+        name: &str,
+        options: &Options,
+        mode: OpenMode,
+        role: Role,
+        info: crate::MessageInfo,
+    ) -> Result<End, OpenError> {
         let object = name::object_name(&options.prefix, name)?;
-        let info = T::INFO;
         let invalid = |reason: String| OpenError::InvalidOptions {
             name: name.to_owned(),
             reason,
@@ -78,6 +89,7 @@ impl End {
         let capacity = (options.capacity.max(2) as u64)
             .checked_next_power_of_two()
             .ok_or_else(|| invalid(format!("capacity {} is too large", options.capacity)))?;
+        let schema = info.schema.and_then(|s| s.encode()).unwrap_or_default();
         let geometry = Geometry::new(
             capacity,
             max_message,
@@ -85,6 +97,7 @@ impl End {
             options.max_senders,
             options.max_receivers,
         )
+        .and_then(|g| g.with_schema(schema.len() as u32))
         .map_err(invalid)?;
         let broadcast = options.delivery == Some(DeliveryMode::Broadcast);
         if options.overflow == Overflow::DropOldest && !broadcast {
@@ -117,6 +130,7 @@ impl End {
             },
             history: options.history as u32,
             file_mode: options.file_mode,
+            schema,
         };
         // Register for asymmetric barriers before touching the ring (see ring::wait).
         crate::sys::membarrier::available();
@@ -172,6 +186,10 @@ impl End {
             }
         };
         if seg.left_behind() {
+            tracing::info!(
+                channel = name,
+                "recovering a segment left behind by processes that are gone"
+            );
             ring::recover_left_behind(&seg);
             seg.share().map_err(io_err("lock"))?;
         }
@@ -200,6 +218,7 @@ impl End {
                     Role::Receiver => seg.geometry().max_receivers,
                 },
             })?;
+        tracing::debug!(channel = name, role = role.name(), index, "attached");
         Ok(End {
             seg,
             role,
@@ -326,6 +345,7 @@ impl End {
 impl Drop for End {
     fn drop(&mut self) {
         ring::detach(&self.seg, self.role, self.index);
+        tracing::debug!(channel = %self.name, role = self.role.name(), index = self.index, "detached");
     }
 }
 

@@ -215,6 +215,8 @@ impl<T: Message> Sender<T> {
             Ok(Claim::Full) => {}
             Err(c) => return Err(Failure::Corrupt(c.into())),
         }
+        let stats = end.seg.counters(Role::Sender, end.index);
+        crate::segment::layout::Counters::bump(&stats.full_waits, 1);
         if !block {
             return Err(match end.peers_rate_limited() {
                 Peers::Gone => Failure::Disconnected,

@@ -46,12 +46,12 @@ mod tests_loom;
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
 
-use crate::segment::layout::{slot_flags, state, SlotHeader, WaitCell};
+use crate::segment::layout::{slot_flags, state, Counters, SlotHeader, WaitCell};
 use crate::segment::{Memory, Role};
 use crate::sync::Ordering;
 
-const POS_BITS: u32 = 56;
-const POS_MASK: u64 = (1 << POS_BITS) - 1;
+pub(crate) const POS_BITS: u32 = 56;
+pub(crate) const POS_MASK: u64 = (1 << POS_BITS) - 1;
 const CLAIMED: u64 = 0x80;
 const TAKEN: u64 = 0x40;
 const OWNER_MASK: u64 = 0x3f;
@@ -333,6 +333,12 @@ pub(crate) fn peers<M: Memory>(mem: &M, role: Role, check_liveness: bool) -> Pee
                     Ok(true) => {
                         // We hold the dead participant's entry: nobody else can attach to it.
                         if entry.state.load(Ordering::Acquire) == s {
+                            tracing::info!(
+                                role = role.name(),
+                                index,
+                                pid = entry.pid.load(Ordering::Relaxed),
+                                "peer died; reclaiming its slots"
+                            );
                             reclaim(mem, role, index);
                             entry
                                 .state
@@ -505,7 +511,12 @@ impl Producer {
             .store(if skip { slot_flags::SKIP } else { 0 }, Ordering::Relaxed);
         slot.seq.store(pos + 1, Ordering::Release);
         let c = mem.control();
-        wait::notify(c, &c.data.0)
+        let woke = wait::notify(c, &c.data.0);
+        // Statistics, on our own line (after the commit: never delays the receiver).
+        let stats = mem.counters(Role::Sender, self.index);
+        Counters::bump(&stats.sent, u64::from(!skip));
+        Counters::bump(&stats.wakeups, u64::from(woke));
+        woke
     }
 }
 
@@ -569,7 +580,11 @@ impl Consumer {
                         head.compare_exchange(pos, pos + 1, Ordering::AcqRel, Ordering::Relaxed);
                 }
                 match self.check_slot(mem, slot, pos)? {
-                    Some(len) => return Ok(Take::Ready { pos, len }),
+                    Some(len) => {
+                        let stats = mem.counters(Role::Receiver, self.index);
+                        Counters::bump(&stats.received, 1);
+                        return Ok(Take::Ready { pos, len });
+                    }
                     None => continue,
                 }
             }
@@ -648,7 +663,11 @@ impl Consumer {
                 self.next.set(pos + 1);
                 self.outstanding.borrow_mut().push_back(pos);
                 match self.check_slot(mem, slot, pos)? {
-                    Some(len) => return Ok(Take::Ready { pos, len }),
+                    Some(len) => {
+                        let stats = mem.counters(Role::Receiver, self.index);
+                        Counters::bump(&stats.received, 1);
+                        return Ok(Take::Ready { pos, len });
+                    }
                     None => continue,
                 }
             }
@@ -676,6 +695,9 @@ impl Consumer {
                 let missed = resume.saturating_sub(lost_from);
                 self.skip_to(mem, resume);
                 if missed > 0 {
+                    let stats = mem.counters(Role::Receiver, self.index);
+                    Counters::bump(&stats.lagged, missed);
+                    tracing::debug!(index = self.index, missed, "subscriber lagged");
                     return Ok(Take::Lagged(missed));
                 }
                 continue;
@@ -721,6 +743,10 @@ impl Consumer {
             let cap = mem.geometry().capacity;
             slot.seq.store(pos + cap, Ordering::Release);
         }
-        wait::notify(c, &c.space.0)
+        let woke = wait::notify(c, &c.space.0);
+        if woke {
+            Counters::bump(&mem.counters(Role::Receiver, self.index).wakeups, 1);
+        }
+        woke
     }
 }

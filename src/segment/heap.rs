@@ -5,7 +5,7 @@
 use std::alloc::{alloc_zeroed, dealloc, Layout};
 use std::ptr::NonNull;
 
-use super::layout::{Control, Geometry, Participant, SlotHeader, PAGE};
+use super::layout::{Control, Counters, Geometry, Participant, SlotHeader, PAGE};
 use super::{Memory, Role};
 use crate::sync::{AtomicU32, Ordering};
 
@@ -13,6 +13,7 @@ pub(crate) struct HeapSegment {
     geometry: Geometry,
     control: Box<Control>,
     participants: Box<[Participant]>,
+    counters: Box<[Counters]>,
     owners: Box<[AtomicU32]>,
     slots: Box<[SlotHeader]>,
     payload: NonNull<u8>,
@@ -40,6 +41,7 @@ impl HeapSegment {
             geometry,
             control: Box::new(Control::new()),
             participants: (0..participants).map(|_| Participant::new()).collect(),
+            counters: (0..participants).map(|_| Counters::new()).collect(),
             owners: (0..participants).map(|_| AtomicU32::new(0)).collect(),
             slots: (0..geometry.capacity).map(SlotHeader::new).collect(),
             payload,
@@ -80,6 +82,10 @@ impl Memory for HeapSegment {
 
     fn participant(&self, role: Role, index: u32) -> &Participant {
         &self.participants[self.entry(role, index)]
+    }
+
+    fn counters(&self, role: Role, index: u32) -> &Counters {
+        &self.counters[self.entry(role, index)]
     }
 
     fn slot(&self, pos: u64) -> &SlotHeader {

@@ -4,6 +4,8 @@
 //! offset 0            Header      256 bytes, written once by the creator; `ready` last
 //! CONTROL_OFFSET      Control     cache-line-padded atomics: cursors, wait words, flags
 //!                     Participant one 64-byte entry per sender, then per receiver
+//! counters_offset     Counters    one 64-byte line per sender, then per receiver
+//! schema_offset       schema      `schema_len` bytes: the message type's schema (crate::schema)
 //! ring_offset         slots       capacity × stride, page aligned
 //!   slot i            SlotHeader  seq (u64), len (u32), flags (u32)
 //!                     payload     at payload_offset, up to max_message bytes
@@ -16,13 +18,13 @@
 //! Everything here is read from memory that other processes can write: the header is copied
 //! out and every field is checked against the mapping's real size before it is used.
 
-use crate::sync::{AtomicU32, AtomicU64};
+use crate::sync::{AtomicU32, AtomicU64, Ordering};
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
 
 /// Identifies a shmbus segment.
 pub(crate) const MAGIC: [u8; 8] = *b"SHMBUS\0\0";
 /// Bumped on every incompatible change of this layout.
-pub(crate) const LAYOUT_VERSION: u32 = 2;
+pub(crate) const LAYOUT_VERSION: u32 = 3;
 /// Size reserved for [`Header`].
 pub(crate) const HEADER_SIZE: usize = 256;
 /// Where [`Control`] starts.
@@ -91,7 +93,9 @@ pub(crate) struct Header {
     pub(crate) overflow: u32,
     /// Broadcast: how many past messages a new subscriber is offered.
     pub(crate) history: u32,
-    pub(crate) reserved: [u8; 72],
+    pub(crate) reserved: [u8; 68],
+    /// Length of the stored schema (0: none), which starts at `Geometry::schema_offset`.
+    pub(crate) schema_len: u32,
 }
 const _: () = assert!(core::mem::size_of::<Header>() == HEADER_SIZE);
 const _: () = assert!(core::mem::offset_of!(Header, ready) == READY_OFFSET);
@@ -167,6 +171,45 @@ pub(crate) struct Participant {
     pub(crate) cursor: AtomicU64,
 }
 
+/// Statistics of one participant, on a line of their own that only the owner writes (with
+/// relaxed stores) and that nothing on the hot path reads: observers (`shmbus stat`) only.
+/// Cumulative over the entry's owners.
+#[repr(C, align(64))]
+pub(crate) struct Counters {
+    /// Messages committed (senders).
+    pub(crate) sent: AtomicU64,
+    /// Messages taken or read (receivers).
+    pub(crate) received: AtomicU64,
+    /// Times a send found the ring full and had to wait (senders).
+    pub(crate) full_waits: AtomicU64,
+    /// Futex wake-ups issued to the other side.
+    pub(crate) wakeups: AtomicU64,
+    /// Messages overwritten before this subscriber read them (broadcast, `DropOldest`).
+    pub(crate) lagged: AtomicU64,
+}
+
+impl Counters {
+    /// Adds `n` to a counter that only this participant writes.
+    #[inline]
+    pub(crate) fn bump(counter: &AtomicU64, n: u64) {
+        counter.store(
+            counter.load(Ordering::Relaxed).wrapping_add(n),
+            Ordering::Relaxed,
+        );
+    }
+
+    #[cfg(any(test, shmbus_loom, feature = "fuzzing"))]
+    pub(crate) fn new() -> Counters {
+        Counters {
+            sent: AtomicU64::new(0),
+            received: AtomicU64::new(0),
+            full_waits: AtomicU64::new(0),
+            wakeups: AtomicU64::new(0),
+            lagged: AtomicU64::new(0),
+        }
+    }
+}
+
 /// The per-slot header, in the same cache line as the start of the payload.
 #[repr(C)]
 pub(crate) struct SlotHeader {
@@ -193,6 +236,7 @@ pub(crate) mod slot_flags {
 const _: () = {
     assert!(core::mem::size_of::<SlotHeader>() == SLOT_HEADER_SIZE);
     assert!(core::mem::size_of::<Participant>() == 64);
+    assert!(core::mem::size_of::<Counters>() == 64);
     assert!(core::mem::offset_of!(SlotHeader, len) == 16);
     assert!(core::mem::size_of::<Control>() == 5 * 128);
 };
@@ -208,6 +252,9 @@ pub(crate) struct Geometry {
     pub(crate) max_senders: u32,
     pub(crate) max_receivers: u32,
     pub(crate) participants_offset: u64,
+    pub(crate) counters_offset: u64,
+    pub(crate) schema_offset: u64,
+    pub(crate) schema_len: u32,
     pub(crate) ring_offset: u64,
     pub(crate) total_size: u64,
 }
@@ -258,7 +305,11 @@ impl Geometry {
         let participants_end = participants_offset
             + (max_senders as u64 + max_receivers as u64)
                 * core::mem::size_of::<Participant>() as u64;
-        let ring_offset = round_up(participants_end, PAGE as u64);
+        let entry_size = core::mem::size_of::<Participant>() as u64;
+        let counters_offset = participants_end;
+        let schema_offset =
+            counters_offset + (max_senders as u64 + max_receivers as u64) * entry_size.max(64);
+        let ring_offset = round_up(schema_offset, PAGE as u64);
         let total_size = stride
             .checked_mul(capacity)
             .and_then(|r| r.checked_add(ring_offset))
@@ -273,8 +324,36 @@ impl Geometry {
             max_senders,
             max_receivers,
             participants_offset,
+            counters_offset,
+            schema_offset,
+            schema_len: 0,
             ring_offset,
             total_size,
+        })
+    }
+
+    /// The same geometry with room for a stored schema of `schema_len` bytes before the ring.
+    pub(crate) fn with_schema(self, schema_len: u32) -> Result<Geometry, GeometryError> {
+        if schema_len as usize > crate::schema::MAX_SCHEMA_LEN {
+            return Err(format!("schema of {schema_len} bytes is too large"));
+        }
+        let ring_offset = round_up(self.schema_offset + schema_len as u64, PAGE as u64);
+        let total_size = self
+            .stride
+            .checked_mul(self.capacity)
+            .and_then(|r| r.checked_add(ring_offset))
+            .filter(|t| *t <= MAX_TOTAL)
+            .ok_or_else(|| {
+                format!(
+                    "capacity {} × slot size {} overflows",
+                    self.capacity, self.stride
+                )
+            })?;
+        Ok(Geometry {
+            schema_len,
+            ring_offset,
+            total_size,
+            ..self
         })
     }
 
@@ -312,7 +391,8 @@ impl Geometry {
             h.msg_align as u64,
             h.max_senders,
             h.max_receivers,
-        )?;
+        )?
+        .with_schema(h.schema_len)?;
         if h.stride != g.stride || h.ring_offset != g.ring_offset || h.total_size != g.total_size {
             return Err(format!(
                 "stride/ring offset/total size {}/{}/{} do not match the geometry {}/{}/{}",

@@ -20,8 +20,10 @@ pub(crate) mod heap;
 pub(crate) mod layout;
 #[cfg(not(shmbus_loom))]
 pub(crate) mod posix;
+#[cfg(not(shmbus_loom))]
+pub(crate) mod view;
 
-use layout::{Control, Geometry, Participant, SlotHeader};
+use layout::{Control, Counters, Geometry, Participant, SlotHeader};
 
 /// Which side of a channel a participant is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -47,6 +49,8 @@ pub(crate) trait Memory {
     fn control(&self) -> &Control;
     /// Entry `index` (< max for the role) of the participant table.
     fn participant(&self, role: Role, index: u32) -> &Participant;
+    /// The statistics line of entry `index` (< max for the role).
+    fn counters(&self, role: Role, index: u32) -> &Counters;
     /// The header of the slot for position `pos` (masked into range).
     fn slot(&self, pos: u64) -> &SlotHeader;
     /// The payload of the slot for position `pos`: `max_message` bytes, aligned for the

@@ -26,17 +26,17 @@ use memmap2::MmapRaw;
 use zerocopy::{FromBytes, IntoBytes};
 
 use super::layout::{
-    Control, Geometry, Header, Participant, SlotHeader, HEADER_SIZE, LAYOUT_VERSION, MAGIC,
-    MAX_PARTICIPANTS, READY, READY_OFFSET, TYPE_NAME_LEN,
+    Control, Counters, Geometry, Header, Participant, SlotHeader, HEADER_SIZE, LAYOUT_VERSION,
+    MAGIC, MAX_PARTICIPANTS, READY, READY_OFFSET, TYPE_NAME_LEN,
 };
 use super::{Memory, Role};
 use crate::sync::{AtomicU32, Ordering};
 use crate::sys::{lock, shm};
 
 /// Byte locked shared by every handle, exclusively by the creator while initialising.
-const LIFE_LOCK: u64 = 0;
+pub(crate) const LIFE_LOCK: u64 = 0;
 
-fn entry_lock(role: Role, index: u32) -> u64 {
+pub(crate) fn entry_lock(role: Role, index: u32) -> u64 {
     match role {
         Role::Sender => 1 + index as u64,
         Role::Receiver => 1 + MAX_PARTICIPANTS as u64 + index as u64,
@@ -61,6 +61,9 @@ pub(crate) struct Spec {
     /// Broadcast history, used only when creating.
     pub(crate) history: u32,
     pub(crate) file_mode: u32,
+    /// The message type's schema in its byte form (`geometry.schema_len` bytes), written
+    /// when creating.
+    pub(crate) schema: Vec<u8>,
 }
 
 /// How to open.
@@ -182,6 +185,7 @@ impl PosixSegment {
                     let stale = lock::try_lock(file.as_fd(), LIFE_LOCK, lock::Kind::Exclusive)
                         .map_err(io("lock"))?;
                     if stale && mode != OpenMode::Open {
+                        tracing::info!(object, reason = ?err, "replacing a stale segment");
                         let _ = unlink_if_same(object, &file);
                         continue;
                     }
@@ -242,7 +246,8 @@ impl PosixSegment {
             reserved_wake: [0; 8],
             overflow: spec.overflow,
             history: spec.history,
-            reserved: [0; 72],
+            reserved: [0; 68],
+            schema_len: g.schema_len,
         };
         let seg = PosixSegment {
             object: object.to_owned(),
@@ -258,6 +263,17 @@ impl PosixSegment {
         // `ready`).
         unsafe {
             std::ptr::copy_nonoverlapping(bytes.as_ptr(), seg.map.as_mut_ptr(), bytes.len());
+        }
+        debug_assert_eq!(spec.schema.len(), g.schema_len as usize);
+        let schema = &spec.schema[..(g.schema_len as usize).min(spec.schema.len())];
+        // SAFETY: [schema_offset, schema_offset + schema_len) lies before ring_offset, inside
+        // the mapping; nobody reads it before `ready` is set.
+        unsafe {
+            std::ptr::copy_nonoverlapping(
+                schema.as_ptr(),
+                seg.map.as_mut_ptr().add(g.schema_offset as usize),
+                schema.len(),
+            );
         }
         // The file is zero-filled: control block and participants start in their initial
         // state. Slots start free for their first lap.
@@ -282,15 +298,9 @@ impl PosixSegment {
             Ok(m) => m,
             Err(e) => return Err((file, SegmentError::Io("mmap", e))),
         };
-        // Copy the header out once; only the copy is validated and used.
-        let mut raw = [0u8; HEADER_SIZE];
-        // SAFETY: the mapping has `size >= HEADER_SIZE` bytes (checked by the caller). Other
-        // processes may write them concurrently; we only copy bytes, which any value allows.
-        unsafe { std::ptr::copy_nonoverlapping(map.as_ptr(), raw.as_mut_ptr(), HEADER_SIZE) };
-        let header = Header::read_from_bytes(&raw).expect("HEADER_SIZE bytes");
-        let geometry = match Geometry::from_header(&header, size) {
-            Ok(g) => g,
-            Err(reason) => return Err((file, SegmentError::Corrupt(reason))),
+        let (header, geometry) = match read_header(&map, size) {
+            Ok(hg) => hg,
+            Err(e) => return Err((file, e)),
         };
         if header.fingerprint != spec.fingerprint
             || header.encoding != spec.encoding
@@ -390,6 +400,51 @@ impl PosixSegment {
     }
 }
 
+/// Copies the header out of a mapping of `size >= HEADER_SIZE` bytes and validates it against
+/// the size; only the copy is used afterwards.
+pub(crate) fn read_header(map: &MmapRaw, size: u64) -> Result<(Header, Geometry), SegmentError> {
+    assert!(map.len() >= HEADER_SIZE && size as usize <= map.len());
+    let mut raw = [0u8; HEADER_SIZE];
+    // SAFETY: the mapping has at least HEADER_SIZE bytes (asserted). Other processes may
+    // write them concurrently; we only copy bytes, which any value allows.
+    unsafe { std::ptr::copy_nonoverlapping(map.as_ptr(), raw.as_mut_ptr(), HEADER_SIZE) };
+    let header = Header::read_from_bytes(&raw).expect("HEADER_SIZE bytes");
+    let geometry = Geometry::from_header(&header, size).map_err(SegmentError::Corrupt)?;
+    Ok((header, geometry))
+}
+
+/// The position of a participant in the participant table (and the counters table).
+pub(crate) fn entry_index(g: &Geometry, role: Role, index: u32) -> u64 {
+    (match role {
+        Role::Sender => {
+            assert!(index < g.max_senders);
+            index
+        }
+        Role::Receiver => {
+            assert!(index < g.max_receivers);
+            g.max_senders + index
+        }
+    }) as u64
+}
+
+/// Removes `object` if no handle holds it (nobody holds its lifetime lock). Taking the
+/// lifetime lock exclusively makes the check and the removal atomic with respect to openers,
+/// which wait for a shared lock and then see the object unlinked. Returns whether it was
+/// removed.
+pub(crate) fn remove_if_unused(object: &str) -> Result<bool, SegmentError> {
+    let file = match shm::open_existing(object) {
+        Ok(f) => f,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(SegmentError::NotFound),
+        Err(e) => return Err(SegmentError::Io("open", e)),
+    };
+    if !lock::try_lock(file.as_fd(), LIFE_LOCK, lock::Kind::Exclusive).map_err(io("lock"))? {
+        return Ok(false);
+    }
+    unlink_if_same(object, &file).map_err(io("unlink"))?;
+    tracing::info!(object, "removed a stale segment");
+    Ok(true)
+}
+
 /// Unlinks `object` if the name still refers to `file` (not a newer object of that name).
 fn unlink_if_same(object: &str, file: &File) -> io::Result<()> {
     let ours = file.metadata()?;
@@ -429,22 +484,25 @@ impl Memory for PosixSegment {
 
     fn participant(&self, role: Role, index: u32) -> &Participant {
         let g = &self.geometry;
-        let entry = match role {
-            Role::Sender => {
-                assert!(index < g.max_senders);
-                index
-            }
-            Role::Receiver => {
-                assert!(index < g.max_receivers);
-                g.max_senders + index
-            }
-        } as u64;
+        let entry = entry_index(g, role, index);
         let offset = g.participants_offset + entry * std::mem::size_of::<Participant>() as u64;
         debug_assert!(offset + 64 <= g.ring_offset);
         // SAFETY: the entry index is below max_senders + max_receivers, so the entry lies
         // inside [participants_offset, ring_offset), within the validated mapping; 64-byte
         // aligned (participants_offset is a multiple of 128); atomics only.
         unsafe { &*(self.map.as_ptr().add(offset as usize) as *const Participant) }
+    }
+
+    fn counters(&self, role: Role, index: u32) -> &Counters {
+        let g = &self.geometry;
+        let offset = g.counters_offset
+            + entry_index(g, role, index) * std::mem::size_of::<Counters>() as u64;
+        debug_assert!(offset + 64 <= g.schema_offset);
+        // SAFETY: the entry index is below max_senders + max_receivers, so the line lies
+        // inside [counters_offset, schema_offset), within the validated mapping; 64-byte
+        // aligned (counters_offset is participants_offset plus whole 64-byte entries);
+        // atomics only.
+        unsafe { &*(self.map.as_ptr().add(offset as usize) as *const Counters) }
     }
 
     #[inline]

@@ -52,6 +52,18 @@ pub(crate) fn open_existing(name: &str) -> io::Result<File> {
     Ok(File::from(fd))
 }
 
+/// Opens an existing object read-only (for observers that never write).
+#[allow(clippy::disallowed_methods)]
+pub(crate) fn open_read_only(name: &str) -> io::Result<File> {
+    let fd: OwnedFd = nix::sys::mman::shm_open(
+        format!("/{name}").as_str(),
+        OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(to_io)?;
+    Ok(File::from(fd))
+}
+
 /// Removes the name (the memory lives on while mapped).
 pub(crate) fn unlink(name: &str) -> io::Result<()> {
     nix::sys::mman::shm_unlink(format!("/{name}").as_str()).map_err(to_io)
@@ -78,6 +90,12 @@ pub(crate) fn stat(file: &File) -> io::Result<Stat> {
         links: st.st_nlink as u64,
         is_file: (st.st_mode & nix::libc::S_IFMT) == nix::libc::S_IFREG,
     })
+}
+
+/// Maps `len` bytes of `file` shared and read-only.
+#[allow(clippy::disallowed_methods)]
+pub(crate) fn map_read_only(file: &File, len: usize) -> io::Result<memmap2::MmapRaw> {
+    memmap2::MmapOptions::new().len(len).map_raw_read_only(file)
 }
 
 /// Maps `len` bytes of `file` shared and read-write.

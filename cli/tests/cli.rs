@@ -1,0 +1,278 @@
+//! End-to-end tests of the `shmbus` binary against channels held by this test process (or by
+//! a child of it: the test binary re-run with `SHMBUS_CLI_TEST_ROLE`). The `shmbus` binary
+//! knows nothing of the `Quote` type declared here: it decodes through the recorded schema.
+//!
+//! Every test uses its own object-name prefix, so `shmbus clean` here never touches
+//! channels of anything else on the machine.
+
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use shmbus::{Options, Receiver, Sender};
+
+#[derive(shmbus::Message, Clone, Copy, Debug, PartialEq)]
+#[repr(C)]
+struct Quote {
+    seq: u64,
+    price: f64,
+    venue: [u8; 8],
+    sizes: [u32; 2],
+}
+
+fn quote(seq: u64) -> Quote {
+    Quote {
+        seq,
+        price: 2.5 + seq as f64,
+        venue: *b"XNAS\0\0\0\0",
+        sizes: [seq as u32, 7],
+    }
+}
+
+fn prefix(test: &str) -> String {
+    format!("shmbus-clitest-{}-{test}.", std::process::id())
+}
+
+fn opts(prefix: &str) -> Options {
+    let mut o = Options::new();
+    o.prefix(prefix).capacity(16);
+    o
+}
+
+fn shmbus(prefix: &str, args: &[&str]) -> Output {
+    let out = Command::new(env!("CARGO_BIN_EXE_shmbus"))
+        .arg("--prefix")
+        .arg(prefix)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run shmbus");
+    eprintln!(
+        "$ shmbus {}\n{}{}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn leftovers(prefix: &str) -> Vec<String> {
+    shmbus::inspect::names(prefix).unwrap()
+}
+
+#[test]
+fn list_shows_type_mode_and_pids() {
+    let p = prefix("list");
+    let tx = Sender::<Quote>::create("quotes", &opts(&p)).unwrap();
+    let rx = Receiver::<Quote>::open("quotes", &opts(&p)).unwrap();
+    let out = shmbus(&p, &["list"]);
+    assert!(out.status.success());
+    let text = stdout(&out);
+    let pid = std::process::id().to_string();
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("quotes"))
+        .expect("listed");
+    for want in ["queue", "Quote", "zero-copy", "16", &pid, "live"] {
+        assert!(line.contains(want), "{want:?} missing in {line:?}");
+    }
+    let out = shmbus(&p, &["list", "--json"]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v[0]["type"], "Quote");
+    assert_eq!(v[0]["senders"][0]["pid"], std::process::id());
+    assert_eq!(v[0]["receivers"][0]["alive"], true);
+    drop((tx, rx));
+    assert!(leftovers(&p).is_empty());
+}
+
+#[test]
+fn stat_counts_what_was_sent() {
+    let p = prefix("stat");
+    let tx = Sender::<Quote>::create("quotes", &opts(&p)).unwrap();
+    let rx = Receiver::<Quote>::open("quotes", &opts(&p)).unwrap();
+    for i in 0..10 {
+        tx.send(quote(i)).unwrap();
+    }
+    for _ in 0..4 {
+        rx.recv().unwrap();
+    }
+    let info = shmbus::inspect::Observer::open(&p, "quotes")
+        .unwrap()
+        .info();
+    assert_eq!(info.sender_totals().sent, 10);
+    assert_eq!(info.receiver_totals().received, 4);
+    assert_eq!(info.depth, 6);
+    let out = shmbus(&p, &["stat", "quotes"]);
+    assert!(out.status.success());
+    let text = stdout(&out);
+    let total = text.lines().find(|l| l.starts_with("total")).unwrap();
+    let nums: Vec<&str> = total.split_whitespace().collect();
+    assert_eq!(&nums[1..3], ["10", "4"], "{total}");
+    assert!(text.contains("depth      6"), "{text}");
+    assert!(text.contains("seq: u64"), "{text}");
+    drop((tx, rx));
+    assert!(leftovers(&p).is_empty());
+}
+
+#[test]
+fn tail_decodes_without_the_type_and_steals_nothing() {
+    let p = prefix("tail");
+    let tx = Sender::<Quote>::create("quotes", &opts(&p)).unwrap();
+    let rx = Receiver::<Quote>::open("quotes", &opts(&p)).unwrap();
+    for i in 1..=3 {
+        tx.send(quote(i)).unwrap();
+    }
+    let out = shmbus(&p, &["tail", "quotes", "--count", "3"]);
+    assert!(out.status.success());
+    let lines: Vec<String> = stdout(&out).lines().map(str::to_owned).collect();
+    assert_eq!(
+        lines[0],
+        r#"{seq: 1, price: 3.5, venue: "XNAS", sizes: [1, 7]}"#
+    );
+    assert_eq!(lines.len(), 3);
+    // The receiver still gets every message.
+    for i in 1..=3 {
+        assert_eq!(*rx.try_recv().unwrap(), quote(i));
+    }
+    // Following: a tail started now prints what is sent next.
+    let child = Command::new(env!("CARGO_BIN_EXE_shmbus"))
+        .args([
+            "--prefix",
+            &p,
+            "tail",
+            "quotes",
+            "-n",
+            "1",
+            "--idle-timeout",
+            "5000",
+        ])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    tx.send(quote(9)).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(
+        stdout(&out).trim(),
+        r#"{seq: 9, price: 11.5, venue: "XNAS", sizes: [9, 7]}"#
+    );
+    assert_eq!(rx.try_recv().unwrap().seq, 9);
+    drop((tx, rx));
+    assert!(leftovers(&p).is_empty());
+}
+
+#[test]
+fn send_delivers_json_to_a_receiver() {
+    let p = prefix("send");
+    let rx = Receiver::<Quote>::create("quotes", &opts(&p)).unwrap();
+    let out = shmbus(
+        &p,
+        &[
+            "send",
+            "quotes",
+            r#"{"seq": 42, "price": 1.25, "venue": "XLON", "sizes": [3, 4]}"#,
+        ],
+    );
+    assert!(out.status.success());
+    let got = rx.recv_timeout(Duration::from_secs(5)).unwrap();
+    assert_eq!(
+        *got,
+        Quote {
+            seq: 42,
+            price: 1.25,
+            venue: *b"XLON\0\0\0\0",
+            sizes: [3, 4]
+        }
+    );
+    drop(got);
+    // Errors: an unknown field, and a missing channel; both say what is wrong.
+    let out = shmbus(&p, &["send", "quotes", r#"{"sequence": 1}"#]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no field `sequence`"));
+    let out = shmbus(&p, &["send", "nothing", "{}"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("shmbus list"));
+    let info = shmbus::inspect::Observer::open(&p, "quotes")
+        .unwrap()
+        .info();
+    assert_eq!(info.sender_totals().sent, 1);
+    drop(rx);
+    assert!(leftovers(&p).is_empty());
+}
+
+const ROLE: &str = "SHMBUS_CLI_TEST_ROLE";
+
+/// The child of `clean_removes_stale_and_keeps_live`: holds a sender until killed.
+#[test]
+fn child_hold() {
+    let Ok(prefix) = std::env::var(ROLE) else {
+        return;
+    };
+    let tx = Sender::<Quote>::create("doomed", &opts(&prefix)).unwrap();
+    tx.try_send(quote(1)).unwrap();
+    println!("ready");
+    std::thread::sleep(Duration::from_secs(60));
+}
+
+#[test]
+fn clean_removes_stale_and_keeps_live() {
+    let p = prefix("clean");
+    let live = Sender::<Quote>::create("live", &opts(&p)).unwrap();
+    let mut child = Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", "child_hold", "--nocapture"])
+        .env(ROLE, &p)
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let start = Instant::now();
+    while !leftovers(&p).contains(&"doomed".to_owned()) {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "child never created it"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    // Wait until the child holds it (created and ready).
+    while shmbus::inspect::Observer::open(&p, "doomed").is_err() {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let out = shmbus(&p, &["clean", "--dry-run"]);
+    assert!(
+        stdout(&out).contains("keep    doomed"),
+        "live child's channel kept"
+    );
+    // SAFETY: kill(2) on our own child's pid.
+    unsafe { libc::kill(child.id() as i32, libc::SIGKILL) };
+    child.wait().unwrap();
+    let info = shmbus::inspect::Observer::open(&p, "doomed")
+        .unwrap()
+        .info();
+    assert!(info.stale);
+    assert!(!info.senders[0].alive);
+    let out = shmbus(&p, &["list"]);
+    assert!(stdout(&out).contains("stale"));
+    let out = shmbus(&p, &["clean", "--dry-run"]);
+    assert!(stdout(&out).contains("would remove doomed"));
+    assert!(stdout(&out).contains("keep    live"));
+    assert_eq!(leftovers(&p).len(), 2);
+    let out = shmbus(&p, &["clean"]);
+    assert!(out.status.success());
+    assert!(stdout(&out).contains("removed doomed"));
+    assert_eq!(leftovers(&p), ["live"]);
+    drop(live);
+    assert!(leftovers(&p).is_empty());
+}
+
+#[test]
+fn errors_are_clear_and_fail() {
+    let p = prefix("errors");
+    let out = shmbus(&p, &["stat", "missing"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("no channel \"missing\""), "{err}");
+    let out = shmbus(&p, &["bench"]);
+    assert!(stdout(&out).contains("cargo bench"));
+}
