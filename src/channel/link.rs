@@ -10,7 +10,7 @@ use super::{Receiver, Sender};
 use crate::error::{CorruptError, OpenError, TypeDesc};
 use crate::message::{DecodeError, EncodeError, Encoding, Message};
 use crate::options::Options;
-use crate::segment::posix::OpenMode;
+use crate::segment::OpenMode;
 use crate::segment::Role;
 use crate::transport::pipe::{PipeReceiver, PipeSender};
 use crate::transport::posix_mq::PosixMq;
@@ -103,7 +103,7 @@ pub(crate) fn open_error<T: Message>(name: &str, e: LinkOpenError) -> OpenError 
 
 /// Whether `/dev/shm` is a directory this process may create files in.
 fn dev_shm_usable() -> bool {
-    let probe = std::path::Path::new(crate::sys::shm::SHM_DIR).join(format!(
+    let probe = crate::sys::shm::probe_dir().join(format!(
         ".shmbus-probe-{}-{:?}",
         std::process::id(),
         std::thread::current().id()
@@ -121,10 +121,14 @@ fn dev_shm_usable() -> bool {
     }
 }
 
-/// The transport `Auto` stands for here: shared memory, else a POSIX queue, else System V.
+/// The transport `Auto` stands for here: POSIX shared memory, else System V shared memory,
+/// else a POSIX queue, else a System V queue.
 pub(crate) fn resolve(t: &Transport) -> Transport {
     match t {
         Transport::Auto if dev_shm_usable() => Transport::SharedMemory,
+        Transport::Auto if std::path::Path::new("/proc/sysvipc/shm").exists() => {
+            Transport::SysvSharedMemory { key: None }
+        }
         Transport::Auto if std::path::Path::new("/proc/sys/fs/mqueue").exists() => {
             Transport::PosixQueue
         }
@@ -151,7 +155,10 @@ impl LinkEnd {
         role: Role,
     ) -> Result<Option<LinkEnd>, OpenError> {
         let transport = resolve(&options.transport);
-        if transport == Transport::SharedMemory {
+        if matches!(
+            transport,
+            Transport::SharedMemory | Transport::SysvSharedMemory { .. }
+        ) {
             return Ok(None);
         }
         let object = crate::name::object_name(&options.prefix, name)?;

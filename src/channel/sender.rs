@@ -11,7 +11,7 @@ use crate::error::{OpenError, SendError, SendTimeoutError, TrySendError};
 use crate::message::{Encoding, Message, ZeroCopy};
 use crate::options::Options;
 use crate::ring::{Claim, Peers, Producer};
-use crate::segment::posix::OpenMode;
+use crate::segment::OpenMode;
 use crate::segment::{Memory, Role};
 use crate::transport::{TransportKind, Wait};
 
@@ -159,7 +159,7 @@ impl<T: Message> Sender<T> {
     /// chose, for instance).
     pub fn transport(&self) -> TransportKind {
         match &self.flavor {
-            Flavor::Ring { .. } => TransportKind::SharedMemory,
+            Flavor::Ring { end, .. } => end.kind,
             Flavor::Link(l) => l.kind(),
         }
     }
