@@ -241,6 +241,17 @@ fn conformance_child() {
             println!("sent");
             std::thread::sleep(Duration::from_secs(120));
         }
+        // With `SHMBUS_SHM_DIR` pointing at an unusable directory, `Auto` must fall back.
+        "auto_fallback" => {
+            let mut o = Options::new();
+            o.transport(Transport::Auto).capacity(4);
+            let tx = Sender::<Msg>::open_or_create(&name, &o).unwrap();
+            let rx = Receiver::<Msg>::open_or_create(&name, &o).unwrap();
+            assert_eq!(tx.transport(), shmbus::TransportKind::SysvSharedMemory);
+            assert_eq!(rx.transport(), shmbus::TransportKind::SysvSharedMemory);
+            tx.send(Msg::new(0)).unwrap();
+            rx.recv().unwrap().verify(0);
+        }
         // Receives one message, then waits to be killed (or leaves, with "one_rx").
         "one_then_hang_rx" | "one_rx" => {
             let rx = open_rx::<Msg>(&transport, &name);
@@ -448,6 +459,66 @@ fn type_mismatch(transport: &'static str) {
     );
 }
 
+/// `create` refuses a channel that exists and is in use, on every transport.
+fn create_when_in_use(transport: &'static str) {
+    if transport == "pipe" {
+        return; // anonymous pipes have no name to create
+    }
+    let g = Cleanup::new("create", transport);
+    let mut o = g.options();
+    o.connect_timeout(Duration::from_secs(2));
+    let holder: Box<dyn std::any::Any> = match transport {
+        // The FIFO's existence is all a creator can see without disturbing its peers.
+        "fifo" => {
+            let path = std::env::temp_dir().join(format!("shmbus-test-{}.fifo", g.name));
+            let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).unwrap();
+            // SAFETY: a NUL-terminated path; mkfifo only reads it.
+            assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+            Box::new(())
+        }
+        _ => Box::new(Receiver::<Msg>::open_or_create(&g.name, &o).expect("receiver")),
+    };
+    match Sender::<Msg>::create(&g.name, &o) {
+        Err(OpenError::AlreadyExists { .. }) => {}
+        other => panic!("{transport}: Sender::create on a channel in use gave {other:?}"),
+    }
+    match Receiver::<Msg>::create(&g.name, &o) {
+        Err(OpenError::AlreadyExists { .. }) => {}
+        other => panic!("{transport}: Receiver::create on a channel in use gave {other:?}"),
+    }
+    drop(holder);
+}
+
+/// `Loan::send_checked` reports what `Loan::send` cannot: the receiver is gone.
+fn loan_send_checked_reports_disconnect(transport: &'static str) {
+    let g = Cleanup::new("loanchk", transport);
+    let (tx, rx) = pair::<Msg>(&g, &g.options());
+    let mut loan = tx.loan().unwrap();
+    *loan = Msg::new(0);
+    loan.send_checked().unwrap();
+    rx.recv().unwrap().verify(0);
+    drop(rx);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut i = 1;
+    loop {
+        let mut loan = match tx.loan() {
+            Ok(l) => l,
+            Err(SendError::Disconnected(())) => break,
+            Err(e) => panic!("loan: {e}"),
+        };
+        *loan = Msg::new(i);
+        match loan.send_checked() {
+            Ok(()) => assert!(Instant::now() < deadline, "sends never failed"),
+            Err(SendError::Disconnected(m)) => {
+                m.verify(i);
+                break;
+            }
+            Err(e) => panic!("send_checked: {e}"),
+        }
+        i += 1;
+    }
+}
+
 /// A peer killed with SIGKILL: the survivor's blocked call returns `Disconnected`.
 fn peer_killed(transport: &'static str) {
     // The sender dies while the receiver waits.
@@ -606,6 +677,12 @@ macro_rules! conformance {
             fn type_mismatch() { super::type_mismatch(stringify!($transport)) }
             #[test]
             fn peer_killed() { super::peer_killed(stringify!($transport)) }
+            #[test]
+            fn create_when_in_use() { super::create_when_in_use(stringify!($transport)) }
+            #[test]
+            fn loan_send_checked_reports_disconnect() {
+                super::loan_send_checked_reports_disconnect(stringify!($transport))
+            }
         }
     )*};
 }
@@ -691,4 +768,73 @@ fn sysv_shm_refuses_ipc_private() {
         Sender::<Msg>::open_or_create("conf-ipc-private", &o),
         Err(OpenError::InvalidOptions { .. })
     ));
+}
+
+/// `Auto` falls back to System V shared memory when `/dev/shm` is not usable (here: the
+/// probed directory is overridden with a path that is not a directory, in a child process
+/// so the override does not leak into other tests).
+#[test]
+fn auto_falls_back_without_dev_shm() {
+    let mut g = Cleanup::new("autofb", "sysv_shm");
+    let not_a_dir = std::env::temp_dir().join(format!("shmbus-test-{}.notadir", g.name));
+    std::fs::write(&not_a_dir, b"").unwrap();
+    let extra = [("SHMBUS_SHM_DIR", not_a_dir.display().to_string())];
+    g.spawn("auto_fallback", &extra, |_| {});
+    g.wait_children();
+    let _ = std::fs::remove_file(&not_a_dir);
+}
+
+/// `Options::allow_uid`: a Unix-socket receiver that allows only another uid refuses our
+/// sender; allowing ours lets it in.
+#[test]
+fn unix_socket_allow_uid_refuses_other_uids() {
+    let g = Cleanup::new("uid", "unix");
+    // SAFETY: geteuid has no preconditions.
+    let me = unsafe { libc::geteuid() };
+    let mut o = g.options();
+    o.connect_timeout(Duration::from_secs(2));
+    let mut refused = o.clone();
+    refused.allow_uid(me.wrapping_add(1));
+    let rx = Receiver::<Msg>::open_or_create(&g.name, &refused).unwrap();
+    let tx = Sender::<Msg>::open_or_create(&g.name, &o);
+    assert!(tx.is_err(), "a sender of a refused uid got in: {tx:?}");
+    assert!(!matches!(tx, Err(OpenError::TypeMismatch { .. })), "{tx:?}");
+    drop(rx);
+    let mut allowed = o.clone();
+    allowed.allow_uid(me.wrapping_add(1)).allow_uid(me);
+    let rx = Receiver::<Msg>::open_or_create(&g.name, &allowed).unwrap();
+    let tx = Sender::<Msg>::open_or_create(&g.name, &o).unwrap();
+    tx.send(Msg::new(0)).unwrap();
+    rx.recv().unwrap().verify(0);
+}
+
+/// POSIX queues deliver higher priorities first.
+#[test]
+fn posix_queue_priorities() {
+    let g = Cleanup::new("prio", "posix_mq");
+    let (tx, rx) = pair::<Msg>(&g, &g.options());
+    tx.send_with_priority(Msg::new(1), 1).unwrap();
+    tx.send_with_priority(Msg::new(2), 9).unwrap();
+    tx.send_with_priority(Msg::new(3), 5).unwrap();
+    tx.send(Msg::new(4)).unwrap(); // priority 0
+    for seq in [2, 3, 1, 4] {
+        rx.recv_timeout(Duration::from_secs(5)).unwrap().verify(seq);
+    }
+}
+
+/// System V queues: a receiver with `Options::message_type` takes only that type.
+#[test]
+fn sysv_queue_message_type_selection() {
+    let g = Cleanup::new("mtype", "sysv_mq");
+    let mut o = g.options();
+    let tx = Sender::<Msg>::open_or_create(&g.name, &o).unwrap();
+    o.message_type(2);
+    let rx = Receiver::<Msg>::open_or_create(&g.name, &o).unwrap();
+    tx.send_with_priority(Msg::new(1), 1).unwrap();
+    tx.send_with_priority(Msg::new(2), 2).unwrap();
+    tx.send_with_priority(Msg::new(3), 3).unwrap();
+    rx.recv_timeout(Duration::from_secs(5)).unwrap().verify(2);
+    assert!(matches!(rx.try_recv(), Err(TryRecvError::Empty)));
+    drop(rx);
+    drop(tx);
 }

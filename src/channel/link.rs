@@ -137,6 +137,30 @@ pub(crate) fn resolve(t: &Transport) -> Transport {
     }
 }
 
+/// Whether the channel `object` exists on `transport` and is in use, for `create`: a FIFO
+/// that exists (a FIFO cannot tell a live peer without disturbing it, so one left by a
+/// crashed process counts too), a socket with a listening receiver, a queue whose presence
+/// file a live handle holds. A check before opening: two `create` calls racing may both
+/// pass it.
+fn in_use(transport: &Transport, object: &str) -> bool {
+    match transport {
+        Transport::Fifo { path } => std::fs::symlink_metadata(path).is_ok(),
+        Transport::UnixSocket { path } => {
+            crate::transport::unix_socket::listening(&Address::Path(path.clone()))
+        }
+        Transport::AbstractSocket { name } => {
+            crate::transport::unix_socket::listening(&Address::Abstract(name.clone()))
+        }
+        Transport::PosixQueue => crate::transport::presence::in_use(
+            &crate::transport::presence::dir().join(format!("{object}.mq")),
+        ),
+        Transport::SysvQueue { key } => crate::transport::presence::in_use(
+            &crate::transport::sysv_mq::presence_path(object, *key),
+        ),
+        _ => false,
+    }
+}
+
 impl LinkEnd {
     fn new(name: &str, link: Box<dyn Link>, max_frame: usize) -> LinkEnd {
         LinkEnd {
@@ -162,6 +186,11 @@ impl LinkEnd {
             return Ok(None);
         }
         let object = crate::name::object_name(&options.prefix, name)?;
+        if mode == OpenMode::Create && in_use(&transport, &object) {
+            return Err(OpenError::AlreadyExists {
+                name: name.to_owned(),
+            });
+        }
         let w = wire::<T>(options);
         let create = mode != OpenMode::Open;
         let err = |e| open_error::<T>(name, e);
