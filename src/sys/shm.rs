@@ -188,7 +188,7 @@ pub(crate) fn sysv_attach(id: i32, len: u64) -> io::Result<SysvMap> {
         return Err(io::Error::last_os_error());
     }
     let ptr = std::ptr::NonNull::new(p.cast::<u8>())
-        .ok_or_else(|| io::Error::new(io::ErrorKind::Other, "shmat returned null"))?;
+        .ok_or_else(|| io::Error::other("shmat returned null"))?;
     Ok(SysvMap {
         ptr,
         len: len as usize,
