@@ -22,7 +22,7 @@ struct Tick {
 }
 
 const ALL: &[&str] = &[
-    "shm", "pipe", "fifo", "unix", "abstract", "posix_mq", "sysv_mq",
+    "shm", "sysv_shm", "pipe", "fifo", "unix", "abstract", "posix_mq", "sysv_mq",
 ];
 
 fn options(transport: &str, name: &str) -> Options {
@@ -31,6 +31,7 @@ fn options(transport: &str, name: &str) -> Options {
     let tmp = std::env::temp_dir();
     o.transport(match transport {
         "shm" => Transport::SharedMemory,
+        "sysv_shm" => Transport::SysvSharedMemory { key: None },
         "fifo" => Transport::Fifo {
             path: tmp.join(format!("{name}.fifo")),
         },

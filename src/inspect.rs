@@ -37,9 +37,10 @@ use crate::message::Encoding;
 use crate::name;
 use crate::schema::SchemaDesc;
 use crate::segment::layout::{mode, overflow, state};
-use crate::segment::posix::{self, SegmentError};
+use crate::segment::posix;
 use crate::segment::view::{SegmentView, Snapshot};
 use crate::segment::Role;
+use crate::segment::SegmentError;
 use crate::sync::Ordering;
 
 /// How a channel delivers messages.

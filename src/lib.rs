@@ -95,11 +95,13 @@
 //! # Transports
 //!
 //! The same `Sender`/`Receiver`, derive, errors and blocking semantics run over other
-//! kernel facilities, chosen with [`Options::transport`]: a FIFO, a Unix socket, a POSIX or
-//! System V message queue, or [`Transport::Auto`] (shared memory when `/dev/shm` is usable,
-//! a message queue otherwise); [`pipe()`] makes an anonymous pipe whose ends can be handed to
-//! a child process. Messages are then copied through the kernel, not shared; a loan is a
-//! local value sent by [`Loan::send`]. `docs/wire-format.md` describes each wire format.
+//! kernel facilities, chosen with [`Options::transport`]: the same ring in System V shared
+//! memory ([`Transport::SysvSharedMemory`], still zero-copy), a FIFO, a Unix socket, a POSIX
+//! or System V message queue, or [`Transport::Auto`] (POSIX shared memory when `/dev/shm` is
+//! usable, else System V shared memory, else a message queue); [`pipe()`] makes an anonymous
+//! pipe whose ends can be handed to a child process. Except on shared memory, messages are
+//! copied through the kernel, not shared; a loan is a local value sent by [`Loan::send`].
+//! `docs/wire-format.md` describes each wire format.
 //!
 //! `Sender` and `Receiver` are `Send` but not `Sync`: move a handle to the thread that uses
 //! it, or give each thread its own ([`Sender::try_clone`]).

@@ -73,6 +73,7 @@ fn options(transport: &str, name: &str) -> Options {
     let tmp = std::env::temp_dir();
     let t = match transport {
         "shm" => Transport::SharedMemory,
+        "sysv_shm" => Transport::SysvSharedMemory { key: None },
         "fifo" => Transport::Fifo {
             path: tmp.join(format!("shmbus-test-{name}.fifo")),
         },
@@ -158,6 +159,15 @@ impl Drop for Cleanup {
             .unwrap_or_else(|| "/tmp".into());
         let _ = std::fs::remove_file(dir.join(format!("{object}.mq")));
         let _ = std::fs::remove_file(dir.join(format!("{object}.sysv")));
+        let key = sysv_key(&object);
+        let _ = std::fs::remove_file(dir.join(format!("shmbus.sysv-shm-{key:08x}.lock")));
+        // SAFETY: shmget/shmctl with plain integers; IPC_RMID ignores the buffer.
+        unsafe {
+            let id = libc::shmget(key, 0, 0);
+            if id >= 0 {
+                libc::shmctl(id, libc::IPC_RMID, std::ptr::null_mut());
+            }
+        }
         let c = std::ffi::CString::new(format!("/{object}")).unwrap();
         // SAFETY: a NUL-terminated name; mq_unlink only reads it.
         unsafe { libc::mq_unlink(c.as_ptr()) };
@@ -221,6 +231,26 @@ fn conformance_child() {
             let tx = open_tx::<Msg>(&transport, &name);
             tx.send(Msg::new(0)).expect("send");
             std::thread::sleep(Duration::from_secs(120));
+        }
+        // Sends three messages with no receiver attached yet, then waits to be killed.
+        "three_then_hang_tx" => {
+            let tx = open_tx::<Msg>(&transport, &name);
+            for i in 0..3 {
+                tx.send(Msg::new(i)).expect("send");
+            }
+            println!("sent");
+            std::thread::sleep(Duration::from_secs(120));
+        }
+        // With `SHMBUS_SHM_DIR` pointing at an unusable directory, `Auto` must fall back.
+        "auto_fallback" => {
+            let mut o = Options::new();
+            o.transport(Transport::Auto).capacity(4);
+            let tx = Sender::<Msg>::open_or_create(&name, &o).unwrap();
+            let rx = Receiver::<Msg>::open_or_create(&name, &o).unwrap();
+            assert_eq!(tx.transport(), shmbus::TransportKind::SysvSharedMemory);
+            assert_eq!(rx.transport(), shmbus::TransportKind::SysvSharedMemory);
+            tx.send(Msg::new(0)).unwrap();
+            rx.recv().unwrap().verify(0);
         }
         // Receives one message, then waits to be killed (or leaves, with "one_rx").
         "one_then_hang_rx" | "one_rx" => {
@@ -429,6 +459,66 @@ fn type_mismatch(transport: &'static str) {
     );
 }
 
+/// `create` refuses a channel that exists and is in use, on every transport.
+fn create_when_in_use(transport: &'static str) {
+    if transport == "pipe" {
+        return; // anonymous pipes have no name to create
+    }
+    let g = Cleanup::new("create", transport);
+    let mut o = g.options();
+    o.connect_timeout(Duration::from_secs(2));
+    let holder: Box<dyn std::any::Any> = match transport {
+        // The FIFO's existence is all a creator can see without disturbing its peers.
+        "fifo" => {
+            let path = std::env::temp_dir().join(format!("shmbus-test-{}.fifo", g.name));
+            let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).unwrap();
+            // SAFETY: a NUL-terminated path; mkfifo only reads it.
+            assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+            Box::new(())
+        }
+        _ => Box::new(Receiver::<Msg>::open_or_create(&g.name, &o).expect("receiver")),
+    };
+    match Sender::<Msg>::create(&g.name, &o) {
+        Err(OpenError::AlreadyExists { .. }) => {}
+        other => panic!("{transport}: Sender::create on a channel in use gave {other:?}"),
+    }
+    match Receiver::<Msg>::create(&g.name, &o) {
+        Err(OpenError::AlreadyExists { .. }) => {}
+        other => panic!("{transport}: Receiver::create on a channel in use gave {other:?}"),
+    }
+    drop(holder);
+}
+
+/// `Loan::send_checked` reports what `Loan::send` cannot: the receiver is gone.
+fn loan_send_checked_reports_disconnect(transport: &'static str) {
+    let g = Cleanup::new("loanchk", transport);
+    let (tx, rx) = pair::<Msg>(&g, &g.options());
+    let mut loan = tx.loan().unwrap();
+    *loan = Msg::new(0);
+    loan.send_checked().unwrap();
+    rx.recv().unwrap().verify(0);
+    drop(rx);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut i = 1;
+    loop {
+        let mut loan = match tx.loan() {
+            Ok(l) => l,
+            Err(SendError::Disconnected(())) => break,
+            Err(e) => panic!("loan: {e}"),
+        };
+        *loan = Msg::new(i);
+        match loan.send_checked() {
+            Ok(()) => assert!(Instant::now() < deadline, "sends never failed"),
+            Err(SendError::Disconnected(m)) => {
+                m.verify(i);
+                break;
+            }
+            Err(e) => panic!("send_checked: {e}"),
+        }
+        i += 1;
+    }
+}
+
 /// A peer killed with SIGKILL: the survivor's blocked call returns `Disconnected`.
 fn peer_killed(transport: &'static str) {
     // The sender dies while the receiver waits.
@@ -495,6 +585,81 @@ fn peer_killed(transport: &'static str) {
     killer.join().unwrap();
 }
 
+/// The ring transports keep what a killed process left: a segment that nobody holds is
+/// found by the next handle, reused (same type: its committed messages are delivered) and
+/// removed by the last handle to leave.
+fn stale_segment_reused(transport: &'static str) {
+    let mut g = Cleanup::new("stale", transport);
+    let mut cmd = Command::new(std::env::current_exe().unwrap());
+    cmd.args([
+        "--exact",
+        "conformance_child",
+        "--nocapture",
+        "--test-threads=1",
+    ])
+    .env(ROLE, "three_then_hang_tx")
+    .env(TRANSPORT, transport)
+    .env(NAME, &g.name)
+    .stdin(Stdio::null())
+    .stdout(Stdio::piped());
+    let mut child = cmd.spawn().expect("spawn child");
+    // The child's stdout also carries the test harness's lines: wait for ours.
+    let out = std::io::BufReader::new(child.stdout.take().unwrap());
+    let sent = std::io::BufRead::lines(out).any(|l| l.is_ok_and(|l| l.contains("sent")));
+    assert!(sent, "the child sent its messages");
+    child.kill().unwrap(); // SIGKILL: nothing is cleaned up
+    child.wait().unwrap();
+    assert!(
+        exists(transport, &g.name),
+        "the killed sender's segment is still there"
+    );
+    let rx = open_rx::<Msg>(transport, &g.name);
+    for i in 0..3 {
+        rx.recv_timeout(Duration::from_secs(10))
+            .expect("a message committed before the crash")
+            .verify(i);
+    }
+    // The recovered channel starts afresh: it waits for a new sender, which continues
+    // where the dead one stopped.
+    assert!(matches!(rx.try_recv(), Err(TryRecvError::Empty)));
+    let tx = open_tx::<Msg>(transport, &g.name);
+    tx.send(Msg::new(3)).unwrap();
+    drop(tx);
+    rx.recv().unwrap().verify(3);
+    assert!(matches!(rx.recv(), Err(RecvError::Disconnected)));
+    drop(rx);
+    assert!(
+        !exists(transport, &g.name),
+        "the last handle removed the segment"
+    );
+    g.children.clear();
+}
+
+/// Whether the segment of channel `name` exists (ring transports).
+fn exists(transport: &str, name: &str) -> bool {
+    let object = format!("shmbus.{name}");
+    match transport {
+        "shm" => std::path::Path::new("/dev/shm").join(&object).exists(),
+        // SAFETY: shmget with plain integers only looks the key up.
+        "sysv_shm" => (unsafe { libc::shmget(sysv_key(&object), 0, 0) }) >= 0,
+        other => panic!("{other} has no segment"),
+    }
+}
+
+macro_rules! ring_conformance {
+    ($($transport:ident),* $(,)?) => {$(
+        mod $transport {
+            #[test]
+            fn stale_segment_reused() { super::stale_segment_reused(stringify!($transport)) }
+        }
+    )*};
+}
+
+mod ring {
+    use super::*;
+    ring_conformance!(shm, sysv_shm);
+}
+
 macro_rules! conformance {
     ($($transport:ident),* $(,)?) => {$(
         mod $transport {
@@ -512,11 +677,26 @@ macro_rules! conformance {
             fn type_mismatch() { super::type_mismatch(stringify!($transport)) }
             #[test]
             fn peer_killed() { super::peer_killed(stringify!($transport)) }
+            #[test]
+            fn create_when_in_use() { super::create_when_in_use(stringify!($transport)) }
+            #[test]
+            fn loan_send_checked_reports_disconnect() {
+                super::loan_send_checked_reports_disconnect(stringify!($transport))
+            }
         }
     )*};
 }
 
-conformance!(shm, pipe, fifo, unix, abstract_socket, posix_mq, sysv_mq);
+conformance!(
+    shm,
+    sysv_shm,
+    pipe,
+    fifo,
+    unix,
+    abstract_socket,
+    posix_mq,
+    sysv_mq
+);
 
 /// `Auto` picks shared memory where `/dev/shm` is usable, and says so.
 #[test]
@@ -535,4 +715,126 @@ fn auto_prefers_shared_memory() {
     assert_eq!(rx.transport(), expected);
     tx.send(Msg::new(0)).unwrap();
     rx.recv().unwrap().verify(0);
+}
+
+/// System V shared memory: `ipcs -m` lists the segment (under its key) while the channel is
+/// open, with the zero-copy API (loans, samples in place), and nothing once the last handle
+/// is gone; the companion lock file goes too.
+#[test]
+fn sysv_shm_listed_by_ipcs_while_open() {
+    let g = Cleanup::new("ipcs", "sysv_shm");
+    let key = 0x5b00_0000 | (std::process::id() as i32 & 0xff_ffff);
+    let mut o = Options::new();
+    o.capacity(4)
+        .transport(Transport::SysvSharedMemory { key: Some(key) });
+    let listed = || {
+        let out = Command::new("ipcs")
+            .arg("-m")
+            .output()
+            .expect("run ipcs -m");
+        String::from_utf8_lossy(&out.stdout).contains(&format!("0x{key:08x}"))
+    };
+    let dir = std::env::var_os("XDG_RUNTIME_DIR")
+        .map(std::path::PathBuf::from)
+        .filter(|p| p.is_dir())
+        .unwrap_or_else(|| "/tmp".into());
+    let lock = dir.join(format!("shmbus.sysv-shm-{key:08x}.lock"));
+    assert!(!listed(), "key {key:#x} is free before the test");
+    let tx = Sender::<Msg>::open_or_create(&g.name, &o).unwrap();
+    let rx = Receiver::<Msg>::open_or_create(&g.name, &o).unwrap();
+    assert_eq!(tx.transport(), shmbus::TransportKind::SysvSharedMemory);
+    assert_eq!(rx.transport(), shmbus::TransportKind::SysvSharedMemory);
+    assert!(listed(), "ipcs -m lists the open channel's segment");
+    assert!(lock.exists(), "the lock file {} exists", lock.display());
+    let mut loan = tx.loan().unwrap();
+    *loan = Msg::new(7);
+    loan.send();
+    let sample = rx.recv().unwrap();
+    sample.verify(7);
+    drop(sample);
+    drop(tx);
+    assert!(listed(), "still listed while the receiver is open");
+    drop(rx);
+    assert!(!listed(), "ipcs -m lists nothing once every handle is gone");
+    assert!(!lock.exists(), "the lock file is removed");
+}
+
+/// A System V key of 0 (`IPC_PRIVATE`) is refused.
+#[test]
+fn sysv_shm_refuses_ipc_private() {
+    let mut o = Options::new();
+    o.transport(Transport::SysvSharedMemory { key: Some(0) });
+    assert!(matches!(
+        Sender::<Msg>::open_or_create("conf-ipc-private", &o),
+        Err(OpenError::InvalidOptions { .. })
+    ));
+}
+
+/// `Auto` falls back to System V shared memory when `/dev/shm` is not usable (here: the
+/// probed directory is overridden with a path that is not a directory, in a child process
+/// so the override does not leak into other tests).
+#[test]
+fn auto_falls_back_without_dev_shm() {
+    let mut g = Cleanup::new("autofb", "sysv_shm");
+    let not_a_dir = std::env::temp_dir().join(format!("shmbus-test-{}.notadir", g.name));
+    std::fs::write(&not_a_dir, b"").unwrap();
+    let extra = [("SHMBUS_SHM_DIR", not_a_dir.display().to_string())];
+    g.spawn("auto_fallback", &extra, |_| {});
+    g.wait_children();
+    let _ = std::fs::remove_file(&not_a_dir);
+}
+
+/// `Options::allow_uid`: a Unix-socket receiver that allows only another uid refuses our
+/// sender; allowing ours lets it in.
+#[test]
+fn unix_socket_allow_uid_refuses_other_uids() {
+    let g = Cleanup::new("uid", "unix");
+    // SAFETY: geteuid has no preconditions.
+    let me = unsafe { libc::geteuid() };
+    let mut o = g.options();
+    o.connect_timeout(Duration::from_secs(2));
+    let mut refused = o.clone();
+    refused.allow_uid(me.wrapping_add(1));
+    let rx = Receiver::<Msg>::open_or_create(&g.name, &refused).unwrap();
+    let tx = Sender::<Msg>::open_or_create(&g.name, &o);
+    assert!(tx.is_err(), "a sender of a refused uid got in: {tx:?}");
+    assert!(!matches!(tx, Err(OpenError::TypeMismatch { .. })), "{tx:?}");
+    drop(rx);
+    let mut allowed = o.clone();
+    allowed.allow_uid(me.wrapping_add(1)).allow_uid(me);
+    let rx = Receiver::<Msg>::open_or_create(&g.name, &allowed).unwrap();
+    let tx = Sender::<Msg>::open_or_create(&g.name, &o).unwrap();
+    tx.send(Msg::new(0)).unwrap();
+    rx.recv().unwrap().verify(0);
+}
+
+/// POSIX queues deliver higher priorities first.
+#[test]
+fn posix_queue_priorities() {
+    let g = Cleanup::new("prio", "posix_mq");
+    let (tx, rx) = pair::<Msg>(&g, &g.options());
+    tx.send_with_priority(Msg::new(1), 1).unwrap();
+    tx.send_with_priority(Msg::new(2), 9).unwrap();
+    tx.send_with_priority(Msg::new(3), 5).unwrap();
+    tx.send(Msg::new(4)).unwrap(); // priority 0
+    for seq in [2, 3, 1, 4] {
+        rx.recv_timeout(Duration::from_secs(5)).unwrap().verify(seq);
+    }
+}
+
+/// System V queues: a receiver with `Options::message_type` takes only that type.
+#[test]
+fn sysv_queue_message_type_selection() {
+    let g = Cleanup::new("mtype", "sysv_mq");
+    let mut o = g.options();
+    let tx = Sender::<Msg>::open_or_create(&g.name, &o).unwrap();
+    o.message_type(2);
+    let rx = Receiver::<Msg>::open_or_create(&g.name, &o).unwrap();
+    tx.send_with_priority(Msg::new(1), 1).unwrap();
+    tx.send_with_priority(Msg::new(2), 2).unwrap();
+    tx.send_with_priority(Msg::new(3), 3).unwrap();
+    rx.recv_timeout(Duration::from_secs(5)).unwrap().verify(2);
+    assert!(matches!(rx.try_recv(), Err(TryRecvError::Empty)));
+    drop(rx);
+    drop(tx);
 }

@@ -10,7 +10,7 @@ use super::{Receiver, Sender};
 use crate::error::{CorruptError, OpenError, TypeDesc};
 use crate::message::{DecodeError, EncodeError, Encoding, Message};
 use crate::options::Options;
-use crate::segment::posix::OpenMode;
+use crate::segment::OpenMode;
 use crate::segment::Role;
 use crate::transport::pipe::{PipeReceiver, PipeSender};
 use crate::transport::posix_mq::PosixMq;
@@ -103,7 +103,7 @@ pub(crate) fn open_error<T: Message>(name: &str, e: LinkOpenError) -> OpenError 
 
 /// Whether `/dev/shm` is a directory this process may create files in.
 fn dev_shm_usable() -> bool {
-    let probe = std::path::Path::new(crate::sys::shm::SHM_DIR).join(format!(
+    let probe = crate::sys::shm::probe_dir().join(format!(
         ".shmbus-probe-{}-{:?}",
         std::process::id(),
         std::thread::current().id()
@@ -121,15 +121,43 @@ fn dev_shm_usable() -> bool {
     }
 }
 
-/// The transport `Auto` stands for here: shared memory, else a POSIX queue, else System V.
+/// The transport `Auto` stands for here: POSIX shared memory, else System V shared memory,
+/// else a POSIX queue, else a System V queue.
 pub(crate) fn resolve(t: &Transport) -> Transport {
     match t {
         Transport::Auto if dev_shm_usable() => Transport::SharedMemory,
+        Transport::Auto if std::path::Path::new("/proc/sysvipc/shm").exists() => {
+            Transport::SysvSharedMemory { key: None }
+        }
         Transport::Auto if std::path::Path::new("/proc/sys/fs/mqueue").exists() => {
             Transport::PosixQueue
         }
         Transport::Auto => Transport::SysvQueue { key: None },
         other => other.clone(),
+    }
+}
+
+/// Whether the channel `object` exists on `transport` and is in use, for `create`: a FIFO
+/// that exists (a FIFO cannot tell a live peer without disturbing it, so one left by a
+/// crashed process counts too), a socket with a listening receiver, a queue whose presence
+/// file a live handle holds. A check before opening: two `create` calls racing may both
+/// pass it.
+fn in_use(transport: &Transport, object: &str) -> bool {
+    match transport {
+        Transport::Fifo { path } => std::fs::symlink_metadata(path).is_ok(),
+        Transport::UnixSocket { path } => {
+            crate::transport::unix_socket::listening(&Address::Path(path.clone()))
+        }
+        Transport::AbstractSocket { name } => {
+            crate::transport::unix_socket::listening(&Address::Abstract(name.clone()))
+        }
+        Transport::PosixQueue => crate::transport::presence::in_use(
+            &crate::transport::presence::dir().join(format!("{object}.mq")),
+        ),
+        Transport::SysvQueue { key } => crate::transport::presence::in_use(
+            &crate::transport::sysv_mq::presence_path(object, *key),
+        ),
+        _ => false,
     }
 }
 
@@ -151,10 +179,18 @@ impl LinkEnd {
         role: Role,
     ) -> Result<Option<LinkEnd>, OpenError> {
         let transport = resolve(&options.transport);
-        if transport == Transport::SharedMemory {
+        if matches!(
+            transport,
+            Transport::SharedMemory | Transport::SysvSharedMemory { .. }
+        ) {
             return Ok(None);
         }
         let object = crate::name::object_name(&options.prefix, name)?;
+        if mode == OpenMode::Create && in_use(&transport, &object) {
+            return Err(OpenError::AlreadyExists {
+                name: name.to_owned(),
+            });
+        }
         let w = wire::<T>(options);
         let create = mode != OpenMode::Open;
         let err = |e| open_error::<T>(name, e);

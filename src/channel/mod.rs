@@ -23,8 +23,9 @@ use crate::name;
 use crate::options::{Delivery as DeliveryMode, Options, Overflow};
 use crate::ring::{self, wait, Corruption, Delivery, Peers};
 use crate::segment::layout::{self, Geometry};
-use crate::segment::posix::{OpenMode, PosixSegment, SegmentError, Spec};
+use crate::segment::{posix, sysv, OpenMode, Segment, SegmentError, Spec};
 use crate::segment::{Memory, Role};
+use crate::transport::{Transport, TransportKind};
 
 /// While asleep, a blocked call wakes up this often to check that its peer is still alive,
 /// which bounds how long a SIGKILLed peer goes unnoticed.
@@ -47,7 +48,9 @@ impl From<Corruption> for CorruptError {
 
 /// One end of a channel: the segment, our participant entry, and the blocking machinery.
 pub(crate) struct End {
-    pub(crate) seg: PosixSegment,
+    pub(crate) seg: Segment,
+    /// POSIX or System V shared memory.
+    pub(crate) kind: TransportKind,
     pub(crate) role: Role,
     pub(crate) index: u32,
     pub(crate) delivery: Delivery,
@@ -134,7 +137,24 @@ impl End {
         };
         // Register for asymmetric barriers before touching the ring (see ring::wait).
         crate::sys::membarrier::available();
-        let mut seg = PosixSegment::open(&object, &spec, mode).map_err(|e| match e {
+        let (opened, kind) = match link::resolve(&options.transport) {
+            Transport::SysvSharedMemory { key } => {
+                let key = key.unwrap_or_else(|| crate::transport::sysv_mq::key_for(&object));
+                if key == 0 {
+                    return Err(invalid("key 0 is IPC_PRIVATE".into()));
+                }
+                let lock_path = sysv::lock_path(&options.prefix, key);
+                (
+                    sysv::open(key, &lock_path, &spec, mode),
+                    TransportKind::SysvSharedMemory,
+                )
+            }
+            _ => (
+                posix::open(&object, &spec, mode),
+                TransportKind::SharedMemory,
+            ),
+        };
+        let mut seg = opened.map_err(|e| match e {
             SegmentError::NotFound => OpenError::NotFound {
                 name: name.to_owned(),
                 object: object.clone(),
@@ -193,11 +213,17 @@ impl End {
             ring::recover_left_behind(&seg);
             seg.share().map_err(io_err("lock"))?;
         }
-        Self::attach(seg, role, name, options.spin)
+        Self::attach(seg, kind, role, name, options.spin)
     }
 
     /// Attaches to an open segment as a new participant.
-    fn attach(seg: PosixSegment, role: Role, name: &str, spin: Duration) -> Result<End, OpenError> {
+    fn attach(
+        seg: Segment,
+        kind: TransportKind,
+        role: Role,
+        name: &str,
+        spin: Duration,
+    ) -> Result<End, OpenError> {
         let (mode, overflow, history) = seg.delivery();
         let delivery = Delivery {
             broadcast: mode == layout::mode::BROADCAST,
@@ -221,6 +247,7 @@ impl End {
         tracing::debug!(channel = name, role = role.name(), index, "attached");
         Ok(End {
             seg,
+            kind,
             role,
             index,
             delivery,
@@ -237,7 +264,7 @@ impl End {
             op: "reopen",
             source,
         })?;
-        Self::attach(seg, self.role, &self.name, self.spin)
+        Self::attach(seg, self.kind, self.role, &self.name, self.spin)
     }
 
     /// Whether this end stops waiting when the other side is gone. A broadcast sender does

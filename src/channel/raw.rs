@@ -8,7 +8,7 @@ use crate::error::OpenError;
 use crate::message::{Encoding, MessageInfo};
 use crate::options::Options;
 use crate::ring::{Claim, Producer};
-use crate::segment::posix::OpenMode;
+use crate::segment::OpenMode;
 use crate::segment::{Memory, Role};
 
 /// Why raw bytes were not sent.

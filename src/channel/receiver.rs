@@ -12,7 +12,7 @@ use crate::error::{OpenError, RecvError, RecvTimeoutError, TryRecvError};
 use crate::message::{DecodeError, Encoding, Message};
 use crate::options::Options;
 use crate::ring::{Consumer, Peers, Take};
-use crate::segment::posix::OpenMode;
+use crate::segment::OpenMode;
 use crate::segment::{Memory, Role};
 use crate::transport::{TransportKind, Wait};
 
@@ -131,7 +131,7 @@ impl<T: Message> Receiver<T> {
     /// The transport this receiver runs over.
     pub fn transport(&self) -> TransportKind {
         match &self.flavor {
-            Flavor::Ring { .. } => TransportKind::SharedMemory,
+            Flavor::Ring { end, .. } => end.kind,
             Flavor::Link(l) => l.kind(),
         }
     }

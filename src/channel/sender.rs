@@ -11,7 +11,7 @@ use crate::error::{OpenError, SendError, SendTimeoutError, TrySendError};
 use crate::message::{Encoding, Message, ZeroCopy};
 use crate::options::Options;
 use crate::ring::{Claim, Peers, Producer};
-use crate::segment::posix::OpenMode;
+use crate::segment::OpenMode;
 use crate::segment::{Memory, Role};
 use crate::transport::{TransportKind, Wait};
 
@@ -159,7 +159,7 @@ impl<T: Message> Sender<T> {
     /// chose, for instance).
     pub fn transport(&self) -> TransportKind {
         match &self.flavor {
-            Flavor::Ring { .. } => TransportKind::SharedMemory,
+            Flavor::Ring { end, .. } => end.kind,
             Flavor::Link(l) => l.kind(),
         }
     }
@@ -460,20 +460,52 @@ pub struct Loan<'a, T: ZeroCopy> {
 
 impl<T: ZeroCopy> Loan<'_, T> {
     /// Commits the message: from now on the receiver can take it. Never blocks on shared
-    /// memory. On other transports it sends the value, waiting while the transport is
-    /// full; a receiver that is gone makes the message vanish, as it would on shared
-    /// memory (the next call reports `Disconnected`).
-    pub fn send(mut self) {
+    /// memory, and never fails there.
+    ///
+    /// On other transports it sends the value, waiting while the transport is full, and a
+    /// failure (the receiver is gone, a system call failed) is not reported: the message is
+    /// lost and the next call on the sender reports the state. Use
+    /// [`send_checked`](Self::send_checked) to get the error and the message back.
+    #[inline]
+    pub fn send(self) {
+        let _ = self.send_checked();
+    }
+
+    /// Commits the message like [`send`](Self::send), reporting failure. On shared memory it
+    /// always succeeds (committing a loaned slot cannot fail); on other transports the value
+    /// is sent now, and an error hands it back.
+    ///
+    /// # Errors
+    ///
+    /// As for [`Sender::send`]: [`SendError::Disconnected`] if the receiver left or died,
+    /// [`SendError::Corrupt`] if the transport failed.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// #[derive(shmbus::Message, Clone, Copy, Debug, PartialEq)]
+    /// #[repr(C)]
+    /// struct Job { id: u64 }
+    ///
+    /// let (tx, rx) = shmbus::pipe::<Job>()?;
+    /// let mut loan = tx.loan()?;
+    /// loan.id = 7;
+    /// loan.send_checked()?;
+    /// assert_eq!(rx.recv()?.id, 7);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    #[inline]
+    pub fn send_checked(mut self) -> Result<(), SendError<T>> {
         self.sent = true;
         if self.local {
             // SAFETY: a local loan's `ptr` came from `Box::leak` in `local_loan` and is
             // reclaimed exactly once: here (`sent` is set, so `drop` does not) or in `drop`.
             let value = unsafe { Box::from_raw(self.ptr.as_ptr()) };
-            let _ = self.tx.send(*value);
-            return;
+            return self.tx.send(*value);
         }
         let (end, producer) = self.tx.ring();
         producer.commit(&end.seg, self.pos, size_of::<T>() as u32, false);
+        Ok(())
     }
 }
 

@@ -3,8 +3,13 @@
 //! One trait, [`Memory`], gives the ring typed access to the control block, the participant
 //! table and the slots; one file per backing implements it:
 //!
+//! * [`mapped`]: what every mapped backing shares: the header's initialisation and
+//!   validation, the lock-based lifetime protocol, and the one [`Memory`] implementation
+//!   over a mapping. This is the only place that turns raw mapped bytes into references.
 //! * [`posix`]: a POSIX shared-memory object in `/dev/shm`, mapped by every process of the
-//!   channel. This is the only place that turns raw mapped bytes into references.
+//!   channel (the default).
+//! * [`sysv`]: a System V shared-memory segment (`shmget`/`shmat`) with a companion lock
+//!   file.
 //! * [`heap`]: the same structures allocated on the heap of one process, so the ring runs
 //!   under loom and in plain unit tests.
 //!
@@ -19,9 +24,15 @@
 pub(crate) mod heap;
 pub(crate) mod layout;
 #[cfg(not(shmbus_loom))]
+pub(crate) mod mapped;
+#[cfg(not(shmbus_loom))]
 pub(crate) mod posix;
+pub(crate) mod sysv;
 #[cfg(not(shmbus_loom))]
 pub(crate) mod view;
+
+#[cfg(not(shmbus_loom))]
+pub(crate) use mapped::{OpenMode, Segment, SegmentError, Spec};
 
 use layout::{Control, Counters, Geometry, Participant, SlotHeader};
 

@@ -3,8 +3,8 @@
 //! The object is opened and mapped read-only; the observer takes no lock at all, so it is
 //! not a participant, does not count as a handle (it never keeps a segment alive nor
 //! removes one) and cannot disturb the channel. The header is validated exactly as
-//! [`PosixSegment`](super::posix::PosixSegment) validates it
-//! ([`read_header`](super::posix::read_header)).
+//! an attached [`Segment`](super::mapped::Segment) validates it
+//! ([`read_header`](super::mapped::read_header)).
 //!
 //! Liveness comes from the locks of the real handles: a participant is alive while its
 //! entry lock is held, a segment is stale when nobody holds its lifetime lock.
@@ -19,7 +19,7 @@ use super::layout::{
     Control, Counters, Geometry, Header, Participant, SlotHeader, CONTROL_OFFSET, HEADER_SIZE,
     READY, READY_OFFSET,
 };
-use super::posix::{entry_index, entry_lock, read_header, SegmentError, LIFE_LOCK};
+use super::mapped::{entry_index, entry_lock, read_header, SegmentError, LIFE_LOCK};
 use super::Role;
 use crate::sync::{fence, AtomicU32, Ordering};
 use crate::sys::{lock, shm};

@@ -1,4 +1,5 @@
-//! POSIX shared-memory objects (files in `/dev/shm`) and their mapping.
+//! POSIX shared-memory objects (files in `/dev/shm`), System V shared-memory segments
+//! (`shmget`/`shmat`), and their mapping.
 
 use std::fs::File;
 use std::io;
@@ -10,6 +11,15 @@ use nix::sys::stat::Mode;
 
 /// Where POSIX shared-memory objects live on Linux (`shm_open` opens files here).
 pub(crate) const SHM_DIR: &str = "/dev/shm";
+
+/// The directory `Transport::Auto` probes for POSIX shared memory: [`SHM_DIR`], unless the
+/// environment variable `SHMBUS_SHM_DIR` names another (a test hook: `shm_open` itself
+/// always uses `/dev/shm`).
+pub(crate) fn probe_dir() -> PathBuf {
+    std::env::var_os("SHMBUS_SHM_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(SHM_DIR))
+}
 
 /// The path of the object called `name` (already validated: no `/`).
 pub(crate) fn path_of(name: &str) -> PathBuf {
@@ -102,4 +112,113 @@ pub(crate) fn map_read_only(file: &File, len: usize) -> io::Result<memmap2::Mmap
 #[allow(clippy::disallowed_methods)]
 pub(crate) fn map(file: &File, len: usize) -> io::Result<memmap2::MmapRaw> {
     memmap2::MmapOptions::new().len(len).map_raw(file)
+}
+
+/// A System V shared-memory segment attached to this process (`shmat`), detached on drop.
+pub(crate) struct SysvMap {
+    ptr: std::ptr::NonNull<u8>,
+    len: usize,
+}
+
+// SAFETY: the attachment is a plain address range valid in every thread of the process;
+// what is stored there is accessed through the segment layer's atomics.
+unsafe impl Send for SysvMap {}
+// SAFETY: as above.
+unsafe impl Sync for SysvMap {}
+
+impl SysvMap {
+    /// The start of the attachment (page aligned).
+    pub(crate) fn as_ptr(&self) -> *mut u8 {
+        self.ptr.as_ptr()
+    }
+
+    /// Its length: the segment's size when it was attached.
+    pub(crate) fn len(&self) -> usize {
+        self.len
+    }
+}
+
+impl Drop for SysvMap {
+    fn drop(&mut self) {
+        // SAFETY: `ptr` is the address `shmat` returned and is detached exactly once, here;
+        // references into it do not outlive the segment that owns this value.
+        unsafe { libc::shmdt(self.ptr.as_ptr().cast()) };
+    }
+}
+
+/// What `IPC_STAT` says about a System V segment.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct SysvStat {
+    pub(crate) size: u64,
+}
+
+/// The id of the System V segment with `key`, if there is one.
+pub(crate) fn sysv_lookup(key: i32) -> io::Result<Option<i32>> {
+    // SAFETY: shmget takes plain integers.
+    let id = unsafe { libc::shmget(key, 0, 0) };
+    if id >= 0 {
+        return Ok(Some(id));
+    }
+    let e = io::Error::last_os_error();
+    match e.raw_os_error() {
+        Some(libc::ENOENT) => Ok(None),
+        _ => Err(e),
+    }
+}
+
+/// Creates a System V segment of `len` bytes with `key` and permission bits `mode`; fails
+/// with `AlreadyExists` if the key is taken. The kernel zero-fills it.
+pub(crate) fn sysv_create(key: i32, len: u64, mode: u32) -> io::Result<i32> {
+    let len = usize::try_from(len).map_err(|_| io::Error::from_raw_os_error(libc::EFBIG))?;
+    // SAFETY: shmget takes plain integers.
+    let id = unsafe {
+        libc::shmget(
+            key,
+            len,
+            libc::IPC_CREAT | libc::IPC_EXCL | (mode & 0o777) as libc::c_int,
+        )
+    };
+    if id < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(id)
+}
+
+/// The size of segment `id`.
+pub(crate) fn sysv_stat(id: i32) -> io::Result<SysvStat> {
+    // SAFETY: `shmid_ds` is a plain C struct for which all-zero is valid; IPC_STAT fills it.
+    let mut ds: libc::shmid_ds = unsafe { std::mem::zeroed() };
+    // SAFETY: `ds` is a valid, writable shmid_ds.
+    if unsafe { libc::shmctl(id, libc::IPC_STAT, &mut ds) } == -1 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(SysvStat {
+        size: ds.shm_segsz as u64,
+    })
+}
+
+/// Attaches segment `id` read-write; `len` is its size (from [`sysv_stat`]).
+pub(crate) fn sysv_attach(id: i32, len: u64) -> io::Result<SysvMap> {
+    // SAFETY: shmat with a null address lets the kernel choose where to attach; nothing in
+    // this process is at that range yet.
+    let p = unsafe { libc::shmat(id, std::ptr::null(), 0) };
+    if p as isize == -1 {
+        return Err(io::Error::last_os_error());
+    }
+    let ptr = std::ptr::NonNull::new(p.cast::<u8>())
+        .ok_or_else(|| io::Error::other("shmat returned null"))?;
+    Ok(SysvMap {
+        ptr,
+        len: len as usize,
+    })
+}
+
+/// Marks segment `id` for removal (`IPC_RMID`): it goes once the last process detaches,
+/// and its key is free at once.
+pub(crate) fn sysv_remove(id: i32) -> io::Result<()> {
+    // SAFETY: IPC_RMID ignores the buffer argument.
+    if unsafe { libc::shmctl(id, libc::IPC_RMID, std::ptr::null_mut()) } == -1 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
 }

@@ -71,6 +71,18 @@ pub enum Transport {
         /// The abstract name (without the leading NUL byte).
         name: String,
     },
+    /// The same lock-free ring, zero-copy, in a System V shared-memory segment
+    /// (`shmget`/`shmat`) instead of `/dev/shm`: for systems where `/dev/shm` is missing,
+    /// full or not writable. Either side may start first; `ipcs -m` lists the segment while
+    /// the channel is open, and the last handle removes it (`IPC_RMID`). `key: None` derives
+    /// the key from the channel name as for [`SysvQueue`](Transport::SysvQueue); otherwise the
+    /// given key (not `IPC_PRIVATE`, which is 0). Liveness locks live in a companion file
+    /// `$XDG_RUNTIME_DIR/<prefix>sysv-shm-<key>.lock` (`/tmp` when `XDG_RUNTIME_DIR` is
+    /// unset).
+    SysvSharedMemory {
+        /// The segment key, or `None` to derive it from the name.
+        key: Option<i32>,
+    },
     /// A POSIX message queue named `/<prefix><name>`; either side may start first.
     PosixQueue,
     /// A System V message queue; either side may start first. `key: None` derives the key
@@ -80,8 +92,9 @@ pub enum Transport {
         /// The queue key, or `None` to derive it from the name.
         key: Option<i32>,
     },
-    /// Shared memory if `/dev/shm` is a writable directory; otherwise a POSIX message queue
-    /// if the kernel has them; otherwise a System V message queue. Both ends must make the
+    /// Shared memory if `/dev/shm` is a writable directory; otherwise the same ring in
+    /// System V shared memory if the kernel has it; otherwise a POSIX message queue if the
+    /// kernel has them; otherwise a System V message queue. Both ends must make the
     /// same choice, so use it only where both see the same `/dev/shm`.
     /// [`Sender::transport`](crate::Sender::transport) tells which was chosen.
     Auto,
@@ -91,8 +104,10 @@ pub enum Transport {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum TransportKind {
-    /// The shared-memory ring.
+    /// The shared-memory ring in POSIX shared memory.
     SharedMemory,
+    /// The shared-memory ring in System V shared memory.
+    SysvSharedMemory,
     /// An anonymous pipe.
     Pipe,
     /// A named pipe.
@@ -110,6 +125,7 @@ impl TransportKind {
     pub const fn name(self) -> &'static str {
         match self {
             TransportKind::SharedMemory => "shared-memory",
+            TransportKind::SysvSharedMemory => "sysv-shm",
             TransportKind::Pipe => "pipe",
             TransportKind::Fifo => "fifo",
             TransportKind::UnixSocket => "unix-socket",

@@ -63,6 +63,15 @@ pub(crate) fn dir() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("/tmp"))
 }
 
+/// Whether a live handle holds the presence file at `path` (its lifetime byte is locked).
+pub(crate) fn in_use(path: &std::path::Path) -> bool {
+    OpenOptions::new()
+        .read(true)
+        .custom_flags(fd::O_NOFOLLOW)
+        .open(path)
+        .is_ok_and(|f| lock::is_held_by_other(f.as_fd(), LIFE).unwrap_or(true))
+}
+
 /// A handle's presence in a queue's companion file.
 pub(crate) struct Presence {
     file: File,

@@ -35,6 +35,14 @@ pub(crate) fn key_for(object: &str) -> i32 {
     }
 }
 
+/// The presence file of the queue for `object` or the user's `key`.
+pub(crate) fn presence_path(object: &str, key: Option<i32>) -> std::path::PathBuf {
+    presence::dir().join(match key {
+        Some(k) => format!("shmbus.sysv-{k}.sysv"),
+        None => format!("{object}.sysv"),
+    })
+}
+
 /// One end of a System V message-queue channel.
 pub(crate) struct SysvMq {
     q: MsgQueue,
@@ -63,13 +71,14 @@ impl SysvMq {
                 wire.max_frame
             )));
         }
-        let (key, file) = match key {
-            Some(0) => return Err(LinkOpenError::Invalid("key 0 is IPC_PRIVATE".into())),
-            Some(k) => (k, format!("shmbus.sysv-{k}.sysv")),
-            None => (key_for(object), format!("{object}.sysv")),
-        };
-        let (mut presence, created) =
-            Presence::attach(presence::dir().join(file), wire, role, create)?;
+        if key == Some(0) {
+            return Err(LinkOpenError::Invalid("key 0 is IPC_PRIVATE".into()));
+        }
+        let (key, path) = (
+            key.unwrap_or_else(|| key_for(object)),
+            presence_path(object, key),
+        );
+        let (mut presence, created) = Presence::attach(path, wire, role, create)?;
         if created {
             if let Ok((old, _)) = MsgQueue::get(key, false, 0) {
                 let _ = old.remove(); // left by crashed processes

@@ -40,6 +40,15 @@ impl Address {
     }
 }
 
+/// Whether a receiver listens at `address` now (a probe connection, closed at once: the
+/// receiver's acceptor drops it as a sender that sent no hello).
+pub(crate) fn listening(address: &Address) -> bool {
+    address
+        .to_addr()
+        .and_then(|a| UnixStream::connect_addr(&a))
+        .is_ok()
+}
+
 /// A connecting sender.
 pub(crate) struct SocketSender {
     tx: StreamTx<UnixStream>,
