@@ -27,6 +27,7 @@ pub(crate) mod layout;
 pub(crate) mod mapped;
 #[cfg(not(shmbus_loom))]
 pub(crate) mod posix;
+#[cfg(not(shmbus_loom))]
 pub(crate) mod sysv;
 #[cfg(not(shmbus_loom))]
 pub(crate) mod view;
