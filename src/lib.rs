@@ -139,6 +139,11 @@ pub use options::{
 };
 pub use shmbus_derive::Message;
 pub use transport::{Transport, TransportKind};
+#[cfg(not(shmbus_loom))]
+pub use transport::file::{
+    replay::{record, replay, Pace, ReplayError},
+    Durability, FileIo, Start, DEFAULT_SEGMENT_SIZE,
+};
 
 #[doc(hidden)]
 pub use message::__private;
