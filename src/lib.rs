@@ -138,12 +138,12 @@ pub use options::{
     DEFAULT_MAX_MESSAGE_SIZE, DEFAULT_MAX_PARTICIPANTS, DEFAULT_PREFIX, DEFAULT_SPIN,
 };
 pub use shmbus_derive::Message;
-pub use transport::{Transport, TransportKind};
 #[cfg(not(shmbus_loom))]
 pub use transport::file::{
     replay::{record, replay, Pace, ReplayError},
     Durability, FileIo, Start, DEFAULT_SEGMENT_SIZE,
 };
+pub use transport::{Transport, TransportKind};
 
 #[doc(hidden)]
 pub use message::__private;

@@ -51,11 +51,7 @@ impl Mapping {
         // may write these bytes concurrently; the caller validates what it copied (CRC) and
         // only relies on bytes the writer published before (see `Control::committed`).
         unsafe {
-            std::ptr::copy_nonoverlapping(
-                self.raw.as_ptr().add(off),
-                out.as_mut_ptr(),
-                out.len(),
-            )
+            std::ptr::copy_nonoverlapping(self.raw.as_ptr().add(off), out.as_mut_ptr(), out.len())
         };
     }
 
@@ -76,7 +72,10 @@ impl Mapping {
     }
 
     fn check_atomic(&self, off: usize, size: usize) {
-        assert!(off % size == 0 && off + size <= self.len(), "bad atomic offset");
+        assert!(
+            off % size == 0 && off + size <= self.len(),
+            "bad atomic offset"
+        );
         // The mapping starts on a page boundary, so an aligned offset is an aligned address.
         debug_assert_eq!(self.raw.as_ptr() as usize % 4096, 0);
     }

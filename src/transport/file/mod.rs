@@ -482,10 +482,7 @@ impl Segment {
                 if !self.mapped(off + out.len() as u64)? {
                     return Ok(false);
                 }
-                self.map
-                    .as_ref()
-                    .expect("mapped")
-                    .read(off as usize, out);
+                self.map.as_ref().expect("mapped").read(off as usize, out);
                 Ok(true)
             }
             FileIo::ReadWrite => match self.file.read_exact_at(out, off) {
@@ -506,10 +503,7 @@ impl Segment {
                     self.map = None;
                     self.mapped(end)?;
                 }
-                self.map
-                    .as_ref()
-                    .expect("mapped")
-                    .write(off as usize, data);
+                self.map.as_ref().expect("mapped").write(off as usize, data);
                 Ok(())
             }
             FileIo::ReadWrite => self.file.write_all_at(data, off),
@@ -664,8 +658,7 @@ impl LogWriter {
             return Err(LinkError::TooLarge { max: MAX_FRAME });
         }
         let size = record_size(payload.len());
-        if self.off + size > self.opts.segment_size.max(SEG_HEADER + size)
-            && self.off > SEG_HEADER
+        if self.off + size > self.opts.segment_size.max(SEG_HEADER + size) && self.off > SEG_HEADER
         {
             self.roll(size).map_err(|e| LinkError::io("roll over", e))?;
         }
@@ -739,7 +732,10 @@ fn cursors(dir: &Path) -> io::Result<Vec<u64>> {
     };
     for e in rd {
         let mut b = [0u8; 8];
-        if File::open(e?.path()).and_then(|f| f.read_exact_at(&mut b, 0)).is_ok() {
+        if File::open(e?.path())
+            .and_then(|f| f.read_exact_at(&mut b, 0))
+            .is_ok()
+        {
             v.push(u64::from_le_bytes(b));
         }
     }

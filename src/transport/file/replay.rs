@@ -139,8 +139,7 @@ pub fn replay<T: Message>(
             }
         }
         let msg = T::__decode(&buf)?;
-        to.send(msg)
-            .map_err(|e| ReplayError::Send(e.to_string()))?;
+        to.send(msg).map_err(|e| ReplayError::Send(e.to_string()))?;
         n += 1;
     }
     Ok(n)
