@@ -901,7 +901,10 @@ impl LogReader {
                         self.off = SEG_HEADER;
                     }
                     Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                        return self.lagged(committed).map(|_| None)
+                        if self.lagged(committed)? {
+                            continue;
+                        }
+                        return Ok(None);
                     }
                     Err(e) => return Err(e),
                 }
@@ -922,7 +925,10 @@ impl LogReader {
             }
             if self.next < committed && !seg_path(&self.dir, seg.first).exists() {
                 // Our segment was deleted by retention and the next one too.
-                return self.lagged(committed).map(|_| None);
+                if self.lagged(committed)? {
+                    continue;
+                }
+                return Ok(None);
             }
             if self.next < committed {
                 return Err(io::Error::new(
@@ -934,17 +940,18 @@ impl LogReader {
         }
     }
 
-    /// A reader whose records were deleted by retention skips to the oldest kept segment.
-    fn lagged(&mut self, committed: u64) -> io::Result<()> {
+    /// A reader whose records were deleted by retention skips to the oldest kept segment;
+    /// returns whether it moved.
+    fn lagged(&mut self, committed: u64) -> io::Result<bool> {
         let segs = segments(&self.dir)?;
         match segs.first() {
             Some(&oldest) if oldest > self.next && self.next < committed => {
                 self.seg = None;
                 self.next = oldest;
+                Ok(true)
             }
-            _ => {}
+            _ => Ok(false),
         }
-        Ok(())
     }
 
     /// The next record, without waiting: `Some(time_ns)`.
