@@ -128,18 +128,22 @@ impl Options {
     /// # Examples
     ///
     /// ```
+    /// #[derive(shmbus::Message, Clone, Copy)]
+    /// #[repr(C)]
+    /// struct N { v: u64 }
+    ///
     /// let dir = std::env::temp_dir().join(format!("doc-cursor-{}", std::process::id()));
     /// let mut o = shmbus::Options::new();
     /// o.transport(shmbus::Transport::File { dir: dir.clone() }).cursor("audit");
-    /// let tx = shmbus::Sender::<u64>::open_or_create("log", &o)?;
-    /// tx.send(1)?;
-    /// tx.send(2)?;
+    /// let tx = shmbus::Sender::<N>::open_or_create("log", &o)?;
+    /// tx.send(N { v: 1 })?;
+    /// tx.send(N { v: 2 })?;
     /// {
-    ///     let rx = shmbus::Receiver::<u64>::open_or_create("log", &o)?;
-    ///     assert_eq!(*rx.recv()?, 1);
+    ///     let rx = shmbus::Receiver::<N>::open_or_create("log", &o)?;
+    ///     assert_eq!(rx.recv()?.v, 1);
     /// }
-    /// let rx = shmbus::Receiver::<u64>::open_or_create("log", &o)?; // resumes
-    /// assert_eq!(*rx.recv()?, 2);
+    /// let rx = shmbus::Receiver::<N>::open_or_create("log", &o)?; // resumes
+    /// assert_eq!(rx.recv()?.v, 2);
     /// # drop((tx, rx)); std::fs::remove_dir_all(&dir)?;
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```

@@ -56,15 +56,19 @@ pub enum ReplayError {
 /// # Examples
 ///
 /// ```
+/// #[derive(shmbus::Message, Clone, Copy)]
+/// #[repr(C)]
+/// struct N { v: u64 }
+///
 /// # let id = std::process::id();
 /// let dir = std::env::temp_dir().join(format!("doc-record-{id}"));
-/// let live = shmbus::Sender::<u64>::open_or_create(&format!("doc-rec-{id}"), &Default::default())?;
-/// let tap = shmbus::Receiver::<u64>::open_or_create(&format!("doc-rec-{id}"), &Default::default())?;
-/// live.send(7)?;
+/// let live = shmbus::Sender::<N>::open_or_create(&format!("doc-rec-{id}"), &Default::default())?;
+/// let tap = shmbus::Receiver::<N>::open_or_create(&format!("doc-rec-{id}"), &Default::default())?;
+/// live.send(N { v: 7 })?;
 /// drop(live);
 /// let mut o = shmbus::Options::new();
 /// o.transport(shmbus::Transport::File { dir: dir.clone() });
-/// let log = shmbus::Sender::<u64>::open_or_create("rec", &o)?;
+/// let log = shmbus::Sender::<N>::open_or_create("rec", &o)?;
 /// assert_eq!(shmbus::record(&tap, &log, None)?, 1);
 /// # drop(log); std::fs::remove_dir_all(&dir)?;
 /// # Ok::<(), Box<dyn std::error::Error>>(())
