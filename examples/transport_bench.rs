@@ -6,6 +6,11 @@
 //! the child echoes it on a "pong" channel (round trips); then the parent streams `STREAM`
 //! ticks and the child acknowledges the last one (throughput, measured at the parent from
 //! the first send to the acknowledgement).
+//!
+//! The file log runs as `file` (mmap, no sync), `file_rw` (pread/pwrite), `file_batch`
+//! (fdatasync every 1000 messages) and `file_fsync` (fdatasync per message; pass small
+//! counts), in `$TMPDIR` (or `/tmp`); its directories are removed afterwards. It is not in
+//! the default list: name it.
 
 mod util;
 
@@ -29,7 +34,7 @@ fn options(transport: &str, name: &str) -> Options {
     let mut o = Options::new();
     o.capacity(1024).connect_timeout(Duration::from_secs(20));
     let tmp = std::env::temp_dir();
-    o.transport(match transport {
+    let t = match transport {
         "shm" => Transport::SharedMemory,
         "sysv_shm" => Transport::SysvSharedMemory { key: None },
         "fifo" => Transport::Fifo {
@@ -43,8 +48,22 @@ fn options(transport: &str, name: &str) -> Options {
         },
         "posix_mq" => Transport::PosixQueue,
         "sysv_mq" => Transport::SysvQueue { key: None },
+        "file" | "file_rw" | "file_batch" | "file_fsync" => {
+            o.durability(match transport {
+                "file_batch" => shmbus::Durability::Batch(1000),
+                "file_fsync" => shmbus::Durability::Message,
+                _ => shmbus::Durability::None,
+            });
+            if transport == "file_rw" {
+                o.file_io(shmbus::FileIo::ReadWrite);
+            }
+            Transport::File {
+                dir: tmp.join(format!("{name}.log")),
+            }
+        }
         other => panic!("unknown transport {other}"),
-    });
+    };
+    o.transport(t);
     o
 }
 
@@ -142,6 +161,11 @@ fn run(transport: &str, rt: u64, stream: u64) {
     drop(ping);
     drop(pong);
     child.wait().unwrap();
+    if transport.starts_with("file") {
+        for end in ["ping", "pong"] {
+            let _ = std::fs::remove_dir_all(std::env::temp_dir().join(format!("{id}-{end}.log")));
+        }
+    }
     println!(
         "| {:<9} | {:>10.1?} | {:>10.1?} | {:>8.2} M/s | {:>8.0} MB/s |",
         transport,

@@ -151,6 +151,11 @@ pub use schema::{
     FieldDesc, FieldKind, KindDesc, Schema, SchemaDesc, SchemaError, SchemaField, MAX_SCHEMA_LEN,
 };
 pub use shmbus_derive::Message;
+#[cfg(not(shmbus_loom))]
+pub use transport::file::{
+    replay::{record, replay, Pace, ReplayError},
+    Durability, FileIo, Start, DEFAULT_SEGMENT_SIZE,
+};
 pub use transport::{Transport, TransportKind};
 
 #[doc(hidden)]

@@ -30,6 +30,8 @@ pub struct Options {
     pub(crate) connect_timeout: Duration,
     pub(crate) allow_uids: Vec<u32>,
     pub(crate) message_type: i64,
+    #[cfg(not(shmbus_loom))]
+    pub(crate) log: crate::transport::file::LogOptions,
 }
 
 /// How messages are delivered to the receivers of a channel. Chosen when the channel is
@@ -87,6 +89,8 @@ impl Default for Options {
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
             allow_uids: Vec::new(),
             message_type: 0,
+            #[cfg(not(shmbus_loom))]
+            log: Default::default(),
         }
     }
 }

@@ -17,7 +17,7 @@ use crate::transport::posix_mq::PosixMq;
 use crate::transport::sysv_mq::SysvMq;
 use crate::transport::unix_socket::{Address, SocketReceiver, SocketSender};
 use crate::transport::{
-    fifo, Link, LinkError, LinkOpenError, Transport, TransportKind, Wait, Wire,
+    fifo, file, Link, LinkError, LinkOpenError, Transport, TransportKind, Wait, Wire,
 };
 
 /// The environment variable [`Sender::pass_to`] and [`Receiver::pass_to`] use unless told
@@ -157,6 +157,8 @@ fn in_use(transport: &Transport, object: &str) -> bool {
         Transport::SysvQueue { key } => crate::transport::presence::in_use(
             &crate::transport::sysv_mq::presence_path(object, *key),
         ),
+        // A log is persistent: `create` means a new log, so any existing one is in use.
+        Transport::File { dir } => dir.join(crate::transport::file::CONTROL_FILE).exists(),
         _ => false,
     }
 }
@@ -205,6 +207,20 @@ impl LinkEnd {
             (Transport::Fifo { path }, Role::Receiver) => (
                 Box::new(
                     fifo::receiver(path, &w, create, options.file_mode, options.connect_timeout)
+                        .map_err(err)?,
+                ),
+                w.max_frame,
+            ),
+            (Transport::File { dir }, Role::Sender) => (
+                Box::new(
+                    file::LogWriter::open(dir, &w, create, options.file_mode, &options.log)
+                        .map_err(err)?,
+                ),
+                w.max_frame,
+            ),
+            (Transport::File { dir }, Role::Receiver) => (
+                Box::new(
+                    file::LogReader::open(dir, Some(&w), create, options.file_mode, &options.log)
                         .map_err(err)?,
                 ),
                 w.max_frame,

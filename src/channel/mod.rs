@@ -3,7 +3,7 @@
 //! This module owns the blocking policy (spin, then sleep on the futex in slices, checking
 //! that the peer is alive between slices) and the typed view of slots.
 
-mod link;
+pub(crate) mod link;
 pub(crate) mod raw;
 mod receiver;
 mod sender;

@@ -12,7 +12,8 @@
 //! * [`unix_socket`]: a Unix stream socket at a path or an abstract name, one listening
 //!   receiver and any number of connecting senders;
 //! * [`posix_mq`]: a POSIX message queue;
-//! * [`sysv_mq`]: a System V message queue.
+//! * [`sysv_mq`]: a System V message queue;
+//! * [`file`]: a persistent, replayable log of segment files in a directory.
 //!
 //! Byte-stream transports share the framing of [`frame`]; message queues record who is
 //! attached in a small presence file ([`presence`]). `docs/wire-format.md` describes every
@@ -22,6 +23,8 @@
 
 #[cfg(not(shmbus_loom))]
 pub(crate) mod fifo;
+#[cfg(not(shmbus_loom))]
+pub(crate) mod file;
 #[cfg(not(shmbus_loom))]
 pub(crate) mod frame;
 #[cfg(not(shmbus_loom))]
@@ -92,6 +95,16 @@ pub enum Transport {
         /// The queue key, or `None` to derive it from the name.
         key: Option<i32>,
     },
+    /// A persistent log: append-only segment files in the directory `dir` (created if
+    /// missing). One sender appends; any number of receivers read independently, from the
+    /// beginning, a sequence number or the live end ([`Options::start`](crate::Options::start)),
+    /// optionally resuming from a named [cursor](crate::Options::cursor). The log is unbounded:
+    /// sends never block and never see `Full` or `Disconnected`. Records outlive every
+    /// handle (remove the directory to delete the log).
+    File {
+        /// The log's directory.
+        dir: PathBuf,
+    },
     /// Shared memory if `/dev/shm` is a writable directory; otherwise the same ring in
     /// System V shared memory if the kernel has it; otherwise a POSIX message queue if the
     /// kernel has them; otherwise a System V message queue. Both ends must make the
@@ -118,6 +131,8 @@ pub enum TransportKind {
     PosixQueue,
     /// A System V message queue.
     SysvQueue,
+    /// A file log.
+    File,
 }
 
 impl TransportKind {
@@ -131,6 +146,7 @@ impl TransportKind {
             TransportKind::UnixSocket => "unix-socket",
             TransportKind::PosixQueue => "posix-mq",
             TransportKind::SysvQueue => "sysv-mq",
+            TransportKind::File => "file",
         }
     }
 }
