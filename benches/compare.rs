@@ -1,0 +1,313 @@
+//! The cross-process comparison: shmbus and raw baselines, side by side, in one run.
+//!
+//! ```text
+//! cargo bench --bench compare              # the whole table (about a minute)
+//! cargo bench --bench compare -- --quick   # fewer iterations
+//! ```
+//!
+//! Every scenario runs between two processes: this one, pinned to CPU 0, and a copy of it
+//! started with `--child ...`, pinned to CPU 1. Before each row, a spin-flag round trip
+//! probes the placement of the two vCPUs (the host moves them between a fast and a slow
+//! placement) and the row records it. Round trips: the message carries a sequence number
+//! that the other side checks and echoes (copying transports move the whole message;
+//! shmbus and the shared-memory rings write it in place). Streams: the child writes every
+//! payload word, the parent reads every byte (sums them); the rate is the median of three
+//! batches. Each shmbus row is divided by its raw counterpart from the same run.
+
+mod bus;
+mod harness;
+mod raw;
+
+use bus::{Big, Bus, Page, Small};
+use harness::{Counts, Figure, Link, Mode, Row, Spec};
+
+/// How many iterations a transport class gets.
+#[derive(Clone, Copy)]
+enum Class {
+    /// Busy-polling: cheap iterations.
+    Spin,
+    /// A system call (or more) per message.
+    Syscall,
+}
+
+struct Bench {
+    quick: bool,
+    rows: Vec<Row>,
+}
+
+const SIZES: [(usize, &str); 3] = [(64, "64 B"), (4096, "4 KiB"), (1 << 20, "1 MiB")];
+
+impl Bench {
+    fn counts(&self, mode: Mode, size: usize, class: Class) -> Counts {
+        let (n, extra) = match (mode, size >= 1 << 20, class) {
+            (Mode::RoundTrip, true, _) => (2_000, 200),
+            (Mode::RoundTrip, false, Class::Spin) => (100_000, 10_000),
+            (Mode::RoundTrip, false, Class::Syscall) => (10_000, 1_000),
+            (Mode::Stream, true, _) => (300, 3),
+            (Mode::Stream, false, Class::Spin) => (2_000_000, 3),
+            (Mode::Stream, false, Class::Syscall) => (100_000, 3),
+        };
+        let n = if self.quick { n / 5 } else { n };
+        Counts { n, extra }
+    }
+
+    fn record(
+        &mut self,
+        scenario: &str,
+        transport: &str,
+        baseline: Option<&str>,
+        f: impl FnOnce() -> Figure,
+        note: &str,
+    ) {
+        let placement_ns = raw::probe();
+        let figure = f();
+        let row = Row {
+            scenario: scenario.to_string(),
+            transport: transport.to_string(),
+            placement_ns,
+            figure,
+            baseline: baseline.map(str::to_string),
+            note: note.to_string(),
+        };
+        harness::print_row(&self.rows, &row);
+        self.rows.push(row);
+    }
+
+    fn link<L: Link>(
+        &mut self,
+        scenario: &str,
+        (transport, kind): (&str, &str),
+        mode: Mode,
+        spec: Spec,
+        class: Class,
+        baseline: Option<&str>,
+    ) {
+        let counts = self.counts(mode, spec.size, class);
+        self.record(
+            scenario,
+            transport,
+            baseline,
+            || harness::run_link::<L>(kind, mode, &spec, counts),
+            "",
+        );
+    }
+
+    fn bus(&mut self, scenario: &str, mode: Mode, size: usize, capacity: usize) {
+        for (variant, transport, baseline) in [
+            ("busy", "shmbus busy-poll", "seq ring spin"),
+            ("busy-1x1", "shmbus busy-poll 1×1", "seq ring spin"),
+            ("default", "shmbus default", "seq ring futex"),
+            ("default-1x1", "shmbus default 1×1", "seq ring futex"),
+        ] {
+            let spec = Spec {
+                size,
+                capacity,
+                variant: variant.to_string(),
+            };
+            let b = Some(baseline);
+            match size {
+                64 => self.link::<Bus<Small>>(
+                    scenario,
+                    (transport, "bus"),
+                    mode,
+                    spec,
+                    Class::Spin,
+                    b,
+                ),
+                4096 => {
+                    self.link::<Bus<Page>>(scenario, (transport, "bus"), mode, spec, Class::Spin, b)
+                }
+                _ => {
+                    self.link::<Bus<Big>>(scenario, (transport, "bus"), mode, spec, Class::Spin, b)
+                }
+            }
+        }
+    }
+
+    fn raw(&mut self, scenario: &str, mode: Mode, size: usize, capacity: usize) {
+        let spec = |variant: &str| Spec {
+            size,
+            capacity,
+            variant: variant.to_string(),
+        };
+        if mode == Mode::RoundTrip && size == 64 {
+            let counts = self.counts(mode, size, Class::Spin);
+            self.record(
+                scenario,
+                "spin flag",
+                None,
+                || raw::spin_flag(counts),
+                "one shared word, no payload",
+            );
+        }
+        self.link::<raw::SeqRing<false>>(
+            scenario,
+            ("seq ring spin", "seq-spin"),
+            mode,
+            spec(""),
+            Class::Spin,
+            None,
+        );
+        self.link::<raw::SeqRing<true>>(
+            scenario,
+            ("seq ring futex", "seq-futex"),
+            mode,
+            spec(""),
+            Class::Syscall,
+            None,
+        );
+        self.link::<raw::HeadTail>(
+            scenario,
+            ("head/tail ring spin", "headtail"),
+            mode,
+            spec(""),
+            Class::Spin,
+            Some("seq ring spin"),
+        );
+        self.link::<raw::Stream<false>>(
+            scenario,
+            ("pipe", "pipe"),
+            mode,
+            spec(""),
+            Class::Syscall,
+            None,
+        );
+        self.link::<raw::Stream<true>>(
+            scenario,
+            ("unix socket", "unix"),
+            mode,
+            spec(""),
+            Class::Syscall,
+            None,
+        );
+        if size <= 8192 {
+            self.link::<raw::PosixMq>(
+                scenario,
+                ("posix mq", "mq"),
+                mode,
+                spec(""),
+                Class::Syscall,
+                None,
+            );
+            self.link::<raw::SysV>(
+                scenario,
+                ("sysv msg", "sysv"),
+                mode,
+                spec(""),
+                Class::Syscall,
+                None,
+            );
+        } else {
+            for t in ["posix mq", "sysv msg"] {
+                self.record(
+                    scenario,
+                    t,
+                    None,
+                    || Figure::None,
+                    "over the 8 KiB message limit",
+                );
+            }
+        }
+    }
+}
+
+fn main() {
+    if let Some(args) = harness::child_args() {
+        let (kind, rest) = (&args[0], &args[1..]);
+        if !raw::child(kind, rest) {
+            assert_eq!(kind, "bus", "unknown child role");
+            bus::child(rest);
+        }
+        return;
+    }
+    let quick = std::env::args().any(|a| a == "--quick");
+    let mut b = Bench {
+        quick,
+        rows: Vec::new(),
+    };
+    println!(
+        "shmbus cross-process comparison{}: parent on CPU 0, child on CPU 1; placement = median spin-flag round trip just before the row (fast < 300 ns)",
+        if quick { " (--quick)" } else { "" }
+    );
+    println!();
+    harness::print_header();
+    for (size, label) in SIZES {
+        let scenario = format!("round trip {label}");
+        let capacity = if size >= 1 << 20 { 4 } else { 16 };
+        b.raw(&scenario, Mode::RoundTrip, size, capacity);
+        b.bus(&scenario, Mode::RoundTrip, size, capacity);
+    }
+    for (size, label, capacity) in [(64, "64 B", 1024), (1 << 20, "1 MiB", 8)] {
+        let scenario = format!("stream {label}");
+        b.raw(&scenario, Mode::Stream, size, capacity);
+        b.bus(&scenario, Mode::Stream, size, capacity);
+    }
+    println!();
+    println!("Targets (medians, this run):");
+    let rows = &b.rows;
+    harness::target(
+        rows,
+        "stream 64 B",
+        "shmbus default",
+        "seq ring spin",
+        ">=",
+        0.5,
+    );
+    harness::target(
+        rows,
+        "stream 64 B",
+        "shmbus busy-poll",
+        "seq ring spin",
+        ">=",
+        0.5,
+    );
+    harness::target(
+        rows,
+        "round trip 64 B",
+        "shmbus busy-poll",
+        "spin flag",
+        "<=",
+        1.3,
+    );
+    harness::target(
+        rows,
+        "round trip 64 B",
+        "shmbus busy-poll 1×1",
+        "spin flag",
+        "<=",
+        1.3,
+    );
+    harness::target(
+        rows,
+        "stream 64 B",
+        "shmbus default",
+        "seq ring futex",
+        ">=",
+        3.0,
+    );
+    harness::target(
+        rows,
+        "round trip 64 B",
+        "shmbus default",
+        "seq ring futex",
+        "<=",
+        1.1,
+    );
+    harness::target(
+        rows,
+        "stream 1 MiB",
+        "shmbus busy-poll",
+        "seq ring spin",
+        ">=",
+        0.8,
+    );
+    harness::target(
+        rows,
+        "stream 1 MiB",
+        "shmbus default",
+        "seq ring spin",
+        ">=",
+        0.8,
+    );
+    println!("(iceoryx2 targets: `cargo run --release --manifest-path peers/Cargo.toml`)");
+}
