@@ -86,6 +86,16 @@ pub enum OpenError {
         /// Which mode the channel has.
         reason: String,
     },
+    /// The channel was created with another wake strategy than this handle asked for.
+    #[error("channel {name:?} wakes with {found}, but this handle asked for {expected}")]
+    WakeMismatch {
+        /// The channel.
+        name: String,
+        /// This handle's strategy.
+        expected: crate::WakeStrategy,
+        /// The channel's strategy.
+        found: crate::WakeStrategy,
+    },
     /// The segment's header is invalid or does not fit the file.
     #[error("channel {name:?} is corrupt: {reason}")]
     Corrupt {

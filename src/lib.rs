@@ -51,6 +51,12 @@
 //! side spins for [`Options::spin`] (20 µs by default), then sleeps on a futex; the other
 //! side makes the wake-up system call only when a waiter is actually asleep.
 //!
+//! The sleep primitive is the channel's [`WakeStrategy`], chosen by its creator
+//! ([`Options::wake`]): futex (default), spin, POSIX or System V semaphores, real-time
+//! signals, Unix sockets or eventfds. With the last two a [`Receiver`] has a descriptor to
+//! poll ([`Receiver::prepare_poll`]). Wake strategies apply to the shared-memory
+//! transports (POSIX and System V); the other transports ignore the option.
+//!
 //! When the sender is dropped or its process dies (SIGKILL included), the receiver gets the
 //! messages already committed and then [`RecvError::Disconnected`]; when the receiver goes,
 //! sends fail with [`SendError::Disconnected`], which hands the message back. A process
@@ -129,6 +135,7 @@ mod sync;
 #[cfg(not(shmbus_loom))]
 mod sys;
 mod transport;
+mod wake;
 
 #[cfg(not(shmbus_loom))]
 pub use channel::{
@@ -157,6 +164,9 @@ pub use transport::file::{
     Durability, FileIo, Start, DEFAULT_SEGMENT_SIZE,
 };
 pub use transport::{Transport, TransportKind};
+#[cfg(not(shmbus_loom))]
+pub use wake::block_wake_signal;
+pub use wake::WakeStrategy;
 
 #[doc(hidden)]
 pub use message::__private;

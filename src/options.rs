@@ -26,6 +26,7 @@ pub struct Options {
     pub(crate) prefix: String,
     pub(crate) file_mode: u32,
     pub(crate) spin: Duration,
+    pub(crate) wake: Option<crate::wake::WakeStrategy>,
     pub(crate) transport: crate::transport::Transport,
     pub(crate) connect_timeout: Duration,
     pub(crate) allow_uids: Vec<u32>,
@@ -85,6 +86,7 @@ impl Default for Options {
             prefix: DEFAULT_PREFIX.to_owned(),
             file_mode: 0o600,
             spin: DEFAULT_SPIN,
+            wake: None,
             transport: crate::transport::Transport::SharedMemory,
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
             allow_uids: Vec::new(),
@@ -168,6 +170,26 @@ impl Options {
     pub fn spin(&mut self, spin: Duration) -> &mut Self {
         self.spin = spin;
         self
+    }
+
+    /// How a blocked side sleeps and is woken ([`WakeStrategy`](crate::WakeStrategy)). Only
+    /// the creator's choice shapes the channel (it is recorded in the segment, default
+    /// [`WakeStrategy::Futex`](crate::WakeStrategy::Futex)); a handle that sets another one
+    /// gets [`OpenError::WakeMismatch`](crate::OpenError::WakeMismatch), one that sets none
+    /// adopts the channel's.
+    ///
+    /// Wake strategies apply to the shared-memory ring, over POSIX or System V shared
+    /// memory ([`Transport::SharedMemory`](crate::Transport::SharedMemory),
+    /// [`Transport::SysvSharedMemory`](crate::Transport::SysvSharedMemory)); every other
+    /// transport ignores this option (it sleeps in its own system calls).
+    pub fn wake(&mut self, strategy: crate::wake::WakeStrategy) -> &mut Self {
+        self.wake = Some(strategy);
+        self
+    }
+
+    /// The requested wake strategy, if one was set.
+    pub fn get_wake(&self) -> Option<crate::wake::WakeStrategy> {
+        self.wake
     }
 
     /// The transport the channel runs over (default: [`Transport::SharedMemory`]).

@@ -4,6 +4,7 @@
 //! that the peer is alive between slices) and the typed view of slots.
 
 pub(crate) mod link;
+mod poll;
 pub(crate) mod raw;
 mod receiver;
 mod sender;
@@ -26,6 +27,7 @@ use crate::segment::layout::{self, Geometry};
 use crate::segment::{posix, sysv, OpenMode, Segment, SegmentError, Spec};
 use crate::segment::{Memory, Role};
 use crate::transport::{Transport, TransportKind};
+use crate::wake::{AnyNotifier, WakeSeg, WakeStrategy};
 
 /// While asleep, a blocked call wakes up this often to check that its peer is still alive,
 /// which bounds how long a SIGKILLed peer goes unnoticed.
@@ -48,7 +50,11 @@ impl From<Corruption> for CorruptError {
 
 /// One end of a channel: the segment, our participant entry, and the blocking machinery.
 pub(crate) struct End {
-    pub(crate) seg: Segment,
+    /// The segment with this participant's wake notifier: the ring reaches the notifier's
+    /// wake-up through `Memory::wake_hook`, statically dispatched.
+    pub(crate) seg: WakeSeg,
+    /// The channel's wake strategy (recorded in the header by its creator).
+    pub(crate) strategy: WakeStrategy,
     /// POSIX or System V shared memory.
     pub(crate) kind: TransportKind,
     pub(crate) role: Role,
@@ -134,6 +140,7 @@ impl End {
             history: options.history as u32,
             file_mode: options.file_mode,
             schema,
+            wake: options.wake.unwrap_or_default().code(),
         };
         // Register for asymmetric barriers before touching the ring (see ring::wait).
         crate::sys::membarrier::available();
@@ -205,20 +212,37 @@ impl End {
                 source,
             }
         };
+        let (code, param) = seg.wake();
+        let strategy =
+            WakeStrategy::from_code(code, param).map_err(|reason| OpenError::Corrupt {
+                name: name.to_owned(),
+                reason,
+            })?;
+        if let Some(expected) = options.wake {
+            if expected != strategy {
+                return Err(OpenError::WakeMismatch {
+                    name: name.to_owned(),
+                    expected,
+                    found: strategy,
+                });
+            }
+        }
         if seg.left_behind() {
             tracing::info!(
                 channel = name,
                 "recovering a segment left behind by processes that are gone"
             );
             ring::recover_left_behind(&seg);
+            crate::wake::recover_left_behind(&seg);
             seg.share().map_err(io_err("lock"))?;
         }
-        Self::attach(seg, kind, role, name, options.spin)
+        Self::attach(seg, strategy, kind, role, name, options.spin)
     }
 
     /// Attaches to an open segment as a new participant.
     fn attach(
-        seg: Segment,
+        mut seg: Segment,
+        strategy: WakeStrategy,
         kind: TransportKind,
         role: Role,
         name: &str,
@@ -244,9 +268,21 @@ impl End {
                     Role::Receiver => seg.geometry().max_receivers,
                 },
             })?;
-        tracing::debug!(channel = name, role = role.name(), index, "attached");
+        let notifier = match AnyNotifier::new(strategy, &mut seg, role, index) {
+            Ok(n) => n,
+            Err(source) => {
+                ring::detach(&seg, role, index);
+                return Err(OpenError::Io {
+                    name: name.to_owned(),
+                    op: "wake strategy setup",
+                    source,
+                });
+            }
+        };
+        tracing::debug!(channel = name, role = role.name(), index, %strategy, "attached");
         Ok(End {
-            seg,
+            seg: WakeSeg { seg, notifier },
+            strategy,
             kind,
             role,
             index,
@@ -259,12 +295,19 @@ impl End {
 
     /// A new participant of the same role on the same segment (a cloned handle).
     pub(crate) fn duplicate(&self) -> Result<End, OpenError> {
-        let seg = self.seg.duplicate().map_err(|source| OpenError::Io {
+        let seg = self.seg.seg.duplicate().map_err(|source| OpenError::Io {
             name: self.name.clone(),
             op: "reopen",
             source,
         })?;
-        Self::attach(seg, self.kind, self.role, &self.name, self.spin)
+        Self::attach(
+            seg,
+            self.strategy,
+            self.kind,
+            self.role,
+            &self.name,
+            self.spin,
+        )
     }
 
     /// Whether this end stops waiting when the other side is gone. A broadcast sender does
@@ -325,6 +368,9 @@ impl End {
         let mut spins: u32 = 0;
         let control = self.seg.control();
         let cell = ring::sleeps_on(&self.seg, self.role);
+        let notifier = &self.seg.notifier;
+        let spins_only = notifier.spins();
+        let mut last_check = start;
         loop {
             if let Some(r) = poll().map_err(corrupt)? {
                 return Ok(r);
@@ -346,7 +392,21 @@ impl End {
                 crate::sync::spin_hint();
                 continue;
             }
+            if spins_only {
+                // Never sleeps: yield, and check that the peer lives every slice.
+                if now.duration_since(last_check) >= LIVENESS_SLICE {
+                    last_check = now;
+                    if self.stops_when_peer_gone()
+                        && ring::peers(&self.seg, ring::other(self.role), true) == Peers::Gone
+                    {
+                        return poll().map_err(corrupt)?.ok_or(Blocked::Disconnected);
+                    }
+                }
+                std::thread::yield_now();
+                continue;
+            }
             // Slow path: announce, re-check, sleep.
+            notifier.prepare(&self.seg.seg);
             let ticket = wait::prepare(control, cell, self.index);
             let ready = poll();
             if !matches!(ready, Ok(None)) {
@@ -363,7 +423,7 @@ impl End {
             if let Some(d) = deadline {
                 slice = slice.min(d.saturating_duration_since(Instant::now()));
             }
-            wait::sleep(cell, ticket, slice);
+            notifier.sleep(&self.seg.seg, cell, ticket, slice);
             wait::finish(cell, self.index);
         }
     }

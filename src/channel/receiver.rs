@@ -111,6 +111,14 @@ impl<T: Message> Receiver<T> {
         }
     }
 
+    /// The ring end and consumer, if this receiver runs on the shared-memory ring.
+    pub(super) fn ring_end(&self) -> Option<(&End, &Consumer)> {
+        match &self.flavor {
+            Flavor::Ring { end, consumer } => Some((end, consumer)),
+            Flavor::Link(_) => None,
+        }
+    }
+
     /// The ring end; only called on paths that dispatched to the ring already.
     #[inline]
     fn ring(&self) -> (&End, &Consumer) {

@@ -201,7 +201,7 @@ pub(crate) fn detach<M: Memory>(mem: &M, role: Role, index: u32) {
         .state
         .store((old & !state::MASK) | state::LEFT, Ordering::Release);
     wait::finish(sleeps_on(mem, role), index);
-    wait::wake_all(sleeps_on(mem, other(role)));
+    wait::wake_all(mem, other(role));
     mem.disown(role, index);
 }
 
@@ -272,9 +272,8 @@ fn reclaim<M: Memory>(mem: &M, role: Role, index: u32) {
     }
     // A sleeper that died left its bit set; clear it so that wakers stop making calls.
     wait::finish(sleeps_on(mem, role), index);
-    let c = mem.control();
-    wait::wake_all(&c.data.0);
-    wait::wake_all(&c.space.0);
+    wait::wake_all(mem, Role::Receiver);
+    wait::wake_all(mem, Role::Sender);
 }
 
 /// Recovers a segment left behind by processes that are all gone, before anyone attaches:
@@ -510,8 +509,7 @@ impl Producer {
         slot.flags
             .store(if skip { slot_flags::SKIP } else { 0 }, Ordering::Relaxed);
         slot.seq.store(pos + 1, Ordering::Release);
-        let c = mem.control();
-        let woke = wait::notify(c, &c.data.0);
+        let woke = wait::notify(mem, Role::Receiver);
         // Statistics, on our own line (after the commit: never delays the receiver).
         let stats = mem.counters(Role::Sender, self.index);
         Counters::bump(&stats.sent, u64::from(!skip));
@@ -537,6 +535,36 @@ impl Consumer {
             outstanding: RefCell::new(VecDeque::new()),
             joined_at: mem.control().tail.0.load(Ordering::Acquire),
         }
+    }
+
+    /// Whether there may be something for [`try_take`](Self::try_take) to do at this
+    /// consumer's position (a committed slot, or anything but "not committed yet": a lag, a
+    /// stale head, corruption), without taking it. Never `false` when a committed message
+    /// is waiting.
+    pub(crate) fn ready<M: Memory>(&self, mem: &M) -> bool {
+        let cap = mem.geometry().capacity;
+        let pos = if self.delivery.broadcast || self.single {
+            self.next.get()
+        } else {
+            mem.control().head.0.load(Ordering::Acquire)
+        };
+        if pos > POS_MASK - cap {
+            return true; // let `try_take` report it
+        }
+        let seq = mem.slot(pos).seq.load(Ordering::Acquire);
+        if seq == pos + 1 {
+            return true;
+        }
+        let w = Word::of(seq);
+        let not_yet = if self.delivery.broadcast {
+            seq == pos
+                || (w.claimed && w.pos == pos)
+                || (w.plain() && w.pos + cap == pos + 1)
+                || (w.claimed && w.pos + cap == pos)
+        } else {
+            seq == pos || (w.claimed && w.pos == pos) || (w.taken && w.pos + cap == pos + 1)
+        };
+        !not_yet
     }
 
     /// Tries to take the next committed message. Slots committed empty (`SKIP`) are released
@@ -728,7 +756,6 @@ impl Consumer {
     /// Frees a taken position for the senders. Returns whether a wake-up was issued.
     #[inline]
     pub(crate) fn release<M: Memory>(&self, mem: &M, pos: u64) -> bool {
-        let c = mem.control();
         let slot = mem.slot(pos);
         if self.delivery.broadcast {
             slot.pins.fetch_and(!(1u64 << self.index), Ordering::AcqRel);
@@ -743,7 +770,7 @@ impl Consumer {
             let cap = mem.geometry().capacity;
             slot.seq.store(pos + cap, Ordering::Release);
         }
-        let woke = wait::notify(c, &c.space.0);
+        let woke = wait::notify(mem, Role::Sender);
         if woke {
             Counters::bump(&mem.counters(Role::Receiver, self.index).wakeups, 1);
         }

@@ -3,12 +3,13 @@
 //!
 //! ```text
 //! sleeper (slow path)                        waker (fast path, after commit/release)
-//! waiters |= my_bit                          slot.seq = …            (Release)
-//! ticket = futex                 (Acquire)   ─── full barrier ───    (light: compiler fence)
+//! ticket = futex                 (Acquire)   slot.seq = …            (Release)
+//! waiters |= my_bit                          ─── full barrier ───    (light: compiler fence)
 //! ─── full barrier ───  (heavy: membarrier)  if waiters != 0 {
-//! re-check the ring; if ready: stop              futex += 1          (Release)
-//! futex_wait(futex, ticket, slice)               futex_wake(all)
-//! waiters &= !my_bit                         }
+//! re-check the ring; if ready: stop              waiters = 0  (claim the sleepers)
+//! sleep(ticket, slice)                           futex += 1          (Release)
+//! waiters &= !my_bit                             wake(claimed)
+//!                                            }
 //! ```
 //!
 //! SYNC POINT: the two barriers make this a Dekker handshake: either the waker sees the
@@ -19,10 +20,19 @@
 //! The futex word closes the last gap: a wake between the re-check and `futex_wait` changed
 //! the word, so `futex_wait` returns at once. A busy stream therefore never makes a system
 //! call: the waker only loads `waiters`, a line the sleeper writes only when it sleeps.
+//!
+//! The waker claims the sleepers it wakes (swaps the mask to zero), so wake-ups coalesce:
+//! until a woken sleeper announces itself again, further commits make no system call.
+//! How a sleeper sleeps and is woken is the channel's wake strategy ([`crate::wake`],
+//! through [`Memory::wake_hook`]); the futex is the default and the one modelled here.
+//! Strategies whose wake-up is a token that stays pending (a semaphore count, a queued
+//! signal, a datagram, an eventfd count) need no ticket: a token sent after the sleeper set
+//! its bit is still there when it sleeps.
 
 use std::time::Duration;
 
 use crate::segment::layout::{Control, WaitCell};
+use crate::segment::{Memory, Role};
 use crate::sync::{compiler_fence, AtomicU32, Ordering};
 
 /// Whether the fast path may rely on the sleeper's `membarrier`.
@@ -40,10 +50,12 @@ fn asymmetric(control: &Control) -> bool {
     }
 }
 
-/// Fast path, after publishing a slot: wakes the sleepers of `cell`, if any. Returns whether
-/// a wake-up was issued.
+/// Fast path, after publishing a slot: wakes the participants of `role` that sleep (on
+/// their wait cell), if any. Returns whether a wake-up was issued.
 #[inline]
-pub(crate) fn notify(control: &Control, cell: &WaitCell) -> bool {
+pub(crate) fn notify<M: Memory>(mem: &M, role: Role) -> bool {
+    let control = mem.control();
+    let cell = crate::ring::sleeps_on(mem, role);
     let sleepers = if asymmetric(control) {
         // SYNC POINT (light side): pairs with the sleeper's membarrier in `prepare`.
         compiler_fence(Ordering::SeqCst);
@@ -56,24 +68,44 @@ pub(crate) fn notify(control: &Control, cell: &WaitCell) -> bool {
     if sleepers == 0 {
         return false;
     }
+    wake_claimed(mem, role, cell)
+}
+
+#[cold]
+fn wake_claimed<M: Memory>(mem: &M, role: Role, cell: &WaitCell) -> bool {
+    // Claim them: the next commit makes no call until one of them announces itself again.
+    let claimed = cell.waiters.swap(0, Ordering::AcqRel);
+    if claimed == 0 {
+        return false; // they woke up by themselves meanwhile
+    }
     cell.futex.fetch_add(1, Ordering::Release);
-    futex_wake(&cell.futex);
+    if !mem.wake_hook(role, claimed) {
+        futex_wake(&cell.futex);
+    }
     true
 }
 
-/// Wakes every sleeper of `cell` unconditionally (used when a participant leaves).
-pub(crate) fn wake_all(cell: &WaitCell) {
+/// Wakes every sleeper of `role` unconditionally (used when a participant leaves).
+pub(crate) fn wake_all<M: Memory>(mem: &M, role: Role) {
+    let cell = crate::ring::sleeps_on(mem, role);
     cell.futex.fetch_add(1, Ordering::Release);
-    futex_wake(&cell.futex);
+    if !mem.wake_hook(role, u64::MAX) {
+        futex_wake(&cell.futex);
+    }
 }
 
 /// Slow path, before re-checking the ring: announces that participant `bit` will sleep and
 /// returns the ticket to sleep on.
 pub(crate) fn prepare(control: &Control, cell: &WaitCell, bit: u32) -> u32 {
+    // The ticket is read before the bit is set: a waker that claims the bit bumps the word
+    // after that, so the sleep returns at once. (Read after the bit, the ticket could
+    // already include the bump of a waker that claimed the bit for an older message; the
+    // next waker would find no bit and the sleeper would sleep through its message.)
+    let ticket = cell.futex.load(Ordering::Acquire);
     // SYNC POINT (heavy side): pairs with `notify`.
     cell.waiters.fetch_or(1u64 << bit, Ordering::AcqRel);
     heavy_barrier(control);
-    cell.futex.load(Ordering::Acquire)
+    ticket
 }
 
 /// Sleeps until woken, the ticket is stale, or `timeout` passes.

@@ -88,8 +88,10 @@ pub(crate) struct Header {
     pub(crate) type_name_len: u32,
     pub(crate) created_unix_ns: u64,
     pub(crate) type_name: [u8; TYPE_NAME_LEN],
-    /// Reserved for the wake strategy.
-    pub(crate) reserved_wake: [u8; 8],
+    /// Wake strategy of the channel (`crate::wake` codes; 0 is the futex).
+    pub(crate) wake: u32,
+    /// The strategy's parameter (the signal number for `Signal`, otherwise 0).
+    pub(crate) wake_param: u32,
     pub(crate) overflow: u32,
     /// Broadcast: how many past messages a new subscriber is offered.
     pub(crate) history: u32,
@@ -120,6 +122,33 @@ pub(crate) struct WaitCell {
     /// Bumped before every wake-up, so a sleeper that read it before re-checking the ring
     /// cannot miss one.
     pub(crate) futex: AtomicU32,
+    /// Shared state of the channel's wake strategy for this cell (see `crate::wake`).
+    pub(crate) wake: WakeArea,
+}
+
+/// Per-cell state of a wake strategy that needs some in shared memory (a POSIX semaphore,
+/// a System V semaphore set id, a sleeping thread id). Zero in a new segment. Never touched
+/// by the ring itself.
+#[repr(C)]
+pub(crate) struct WakeArea {
+    /// 0: uninitialised, 1: being initialised, 2: ready.
+    pub(crate) state: std::sync::atomic::AtomicU32,
+    /// A System V semaphore set id, or a thread id.
+    pub(crate) id: std::sync::atomic::AtomicU32,
+    /// Room for a process-shared `sem_t`.
+    pub(crate) storage: [std::sync::atomic::AtomicU64; 4],
+}
+
+#[cfg(any(test, shmbus_loom, feature = "fuzzing"))]
+impl WakeArea {
+    pub(crate) const fn new() -> WakeArea {
+        use std::sync::atomic::{AtomicU32, AtomicU64};
+        WakeArea {
+            state: AtomicU32::new(0),
+            id: AtomicU32::new(0),
+            storage: [const { AtomicU64::new(0) }; 4],
+        }
+    }
 }
 
 /// Channel-wide flags.
@@ -239,6 +268,9 @@ const _: () = {
     assert!(core::mem::size_of::<Counters>() == 64);
     assert!(core::mem::offset_of!(SlotHeader, len) == 16);
     assert!(core::mem::size_of::<Control>() == 5 * 128);
+    assert!(core::mem::size_of::<WaitCell>() <= 128);
+    assert!(core::mem::size_of::<Padded<WaitCell>>() == 128);
+    assert!(core::mem::offset_of!(Header, wake) == 168);
 };
 
 /// Sizes and offsets of a segment, derived from the few numbers that define it.
@@ -415,6 +447,7 @@ impl WaitCell {
         WaitCell {
             waiters: AtomicU64::new(0),
             futex: AtomicU32::new(0),
+            wake: WakeArea::new(),
         }
     }
 }

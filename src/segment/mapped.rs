@@ -73,6 +73,8 @@ pub(crate) struct Spec {
     /// The message type's schema in its byte form (`geometry.schema_len` bytes), written
     /// when creating.
     pub(crate) schema: Vec<u8>,
+    /// Wake strategy code and parameter (`crate::wake`), used only when creating.
+    pub(crate) wake: (u32, u32),
 }
 
 /// How to open.
@@ -150,13 +152,16 @@ pub(crate) struct Segment {
     left_behind: bool,
     lock: File,
     backing: Backing,
+    /// Run by the handle that removes the segment (the last one).
+    on_unlink: Option<Box<dyn FnOnce() + Send>>,
     // Kept for its own drop (unmap or detach), which runs after `Drop::drop` has run the
     // lifetime protocol; `base` points into it.
     _map: Mapping,
 }
 
 // SAFETY: the mapping is shared memory whose every access goes through atomics or through
-// slot payloads owned per the ring protocol; the lock file is an ordinary descriptor.
+// slot payloads owned per the ring protocol; the lock file is an ordinary descriptor; the
+// `on_unlink` closure is `Send` and only reached through `&mut self`.
 unsafe impl Send for Segment {}
 // SAFETY: as above.
 unsafe impl Sync for Segment {}
@@ -211,7 +216,8 @@ impl Segment {
                 .duration_since(UNIX_EPOCH)
                 .map_or(0, |d| d.as_nanos() as u64),
             type_name,
-            reserved_wake: [0; 8],
+            wake: spec.wake.0,
+            wake_param: spec.wake.1,
             overflow: spec.overflow,
             history: spec.history,
             reserved: [0; 68],
@@ -224,6 +230,7 @@ impl Segment {
             left_behind: false,
             lock,
             backing,
+            on_unlink: None,
             _map: map,
         };
         let bytes = header.as_bytes();
@@ -287,6 +294,7 @@ impl Segment {
             left_behind: alone,
             lock,
             backing,
+            on_unlink: None,
             _map: map,
         })
     }
@@ -334,6 +342,7 @@ impl Segment {
             left_behind: false,
             lock,
             backing,
+            on_unlink: None,
             _map: map,
         })
     }
@@ -341,6 +350,26 @@ impl Segment {
     /// The channel's delivery mode, overflow policy and history (validated).
     pub(crate) fn delivery(&self) -> (u32, u32, u32) {
         (self.header.mode, self.header.overflow, self.header.history)
+    }
+
+    /// The channel's wake strategy code and parameter, as recorded in the header.
+    pub(crate) fn wake(&self) -> (u32, u32) {
+        (self.header.wake, self.header.wake_param)
+    }
+
+    /// A name that identifies the segment among this machine's channels, for names derived
+    /// from it (the POSIX object's name, or the System V lock file's path).
+    pub(crate) fn object(&self) -> String {
+        match &self.backing {
+            Backing::Posix { object } => object.clone(),
+            Backing::Sysv { lock_path, .. } => lock_path.to_string_lossy().into_owned(),
+        }
+    }
+
+    /// Registers what this handle must do if it is the one that removes the segment (the
+    /// last handle, for either backing).
+    pub(crate) fn on_unlink(&mut self, f: Box<dyn FnOnce() + Send>) {
+        self.on_unlink = Some(f);
     }
 
     /// Lets other handles in (after recovering a left-behind segment).
@@ -433,13 +462,15 @@ pub(crate) fn entry_index(g: &Geometry, role: Role, index: u32) -> u64 {
 }
 
 /// Unlinks `path` if it still refers to `file` (not a newer file of that name).
-pub(crate) fn unlink_if_same(path: &std::path::Path, file: &File) -> io::Result<()> {
+/// Returns whether it did.
+pub(crate) fn unlink_if_same(path: &std::path::Path, file: &File) -> io::Result<bool> {
     let ours = file.metadata()?;
     let current = std::fs::symlink_metadata(path)?;
     if ours.ino() == current.ino() && ours.dev() == current.dev() {
         std::fs::remove_file(path)?;
+        return Ok(true);
     }
-    Ok(())
+    Ok(false)
 }
 
 impl Drop for Segment {
@@ -451,15 +482,23 @@ impl Drop for Segment {
         let fd = self.lock.as_fd();
         let _ = lock::unlock(fd, LIFE_LOCK);
         if let Ok(true) = lock::try_lock(fd, LIFE_LOCK, lock::Kind::Exclusive) {
-            match &self.backing {
+            let removed = match &self.backing {
                 Backing::Posix { object } => {
-                    let _ = unlink_if_same(&shm::path_of(object), &self.lock);
+                    matches!(unlink_if_same(&shm::path_of(object), &self.lock), Ok(true))
                 }
                 Backing::Sysv { id, lock_path, .. } => {
                     // The segment first (it goes when the last process detaches; its key
                     // is free at once), then the lock file that guards the key.
                     let _ = shm::sysv_remove(*id);
                     let _ = unlink_if_same(lock_path, &self.lock);
+                    true
+                }
+            };
+            if removed {
+                // What the wake strategy left outside the segment (a System V semaphore
+                // set) goes with it.
+                if let Some(f) = self.on_unlink.take() {
+                    f();
                 }
             }
         }

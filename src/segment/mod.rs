@@ -76,4 +76,13 @@ pub(crate) trait Memory {
     /// Whether another handle (in any process) owns the entry. Owners that died no longer
     /// own anything.
     fn owned_by_other(&self, role: Role, index: u32) -> bool;
+
+    /// Wakes the participants of `role` whose bits are set in `sleepers` by other means
+    /// than the futex (a wake strategy, see `crate::wake`). Returns `false` when the caller
+    /// must wake the futex (the default).
+    #[inline]
+    fn wake_hook(&self, role: Role, sleepers: u64) -> bool {
+        let _ = (role, sleepers);
+        false
+    }
 }

@@ -11,6 +11,7 @@ pub(crate) mod membarrier;
 pub(crate) mod mq;
 pub(crate) mod msg;
 pub(crate) mod shm;
+pub(crate) mod wakeup;
 
 /// The calling process's id.
 pub(crate) fn pid() -> u32 {
