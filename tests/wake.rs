@@ -326,6 +326,82 @@ fn non_pollable_receiver_has_no_fd() {
     assert!(!rx.prepare_poll());
 }
 
+/// Several receivers of one role asleep at once, in threads: every message is delivered
+/// exactly once (queue) or to everyone (broadcast), and no wait outlasts its timeout by more
+/// than a scheduling margin. Strategies that track one sleeper per cell (`Signal`) wake the
+/// others through their 10 ms liveness slice.
+fn several_sleepers(s: WakeStrategy, broadcast: bool, sysv: bool) {
+    const RECEIVERS: usize = 4;
+    const COUNT: u64 = 2_000;
+    shmbus::block_wake_signal(s).unwrap();
+    let name = unique(if broadcast { "bcast" } else { "queue" });
+    let mut o = opts(s, 16, Duration::ZERO);
+    o.max_receivers(RECEIVERS as u32);
+    if broadcast {
+        o.delivery(shmbus::Delivery::Broadcast);
+    }
+    if sysv {
+        o.transport(shmbus::Transport::SysvSharedMemory { key: None });
+    }
+    let tx = Sender::<Msg>::create(&name, &o).unwrap();
+    let barrier = std::sync::Arc::new(std::sync::Barrier::new(RECEIVERS + 1));
+    let receivers: Vec<_> = (0..RECEIVERS)
+        .map(|_| {
+            let rx = Receiver::<Msg>::open(&name, &o).unwrap();
+            let barrier = barrier.clone();
+            std::thread::spawn(move || {
+                shmbus::block_wake_signal(s).unwrap();
+                barrier.wait();
+                let timeout = Duration::from_millis(300);
+                let mut got = Vec::new();
+                loop {
+                    let start = Instant::now();
+                    match rx.recv_timeout(timeout) {
+                        Ok(m) => {
+                            assert_eq!(*m, msg(m.seq));
+                            got.push(m.seq);
+                        }
+                        Err(RecvTimeoutError::Timeout) => {
+                            let took = start.elapsed();
+                            assert!(
+                                took < timeout + Duration::from_millis(200),
+                                "a wait of {timeout:?} took {took:?}"
+                            );
+                        }
+                        Err(RecvTimeoutError::Disconnected) => return got,
+                        Err(e) => panic!("{e:?}"),
+                    }
+                }
+            })
+        })
+        .collect();
+    barrier.wait();
+    // Let every receiver fall asleep on the empty ring, then stream with pauses so that
+    // they sleep again and again.
+    std::thread::sleep(Duration::from_millis(50));
+    let mut rng = Rng(0x1234_5678 + strategy_index(s) as u64);
+    for seq in 0..COUNT {
+        tx.send(msg(seq)).unwrap();
+        if rng.next() % 64 == 0 {
+            std::thread::sleep(Duration::from_micros(300));
+        }
+    }
+    drop(tx);
+    let results: Vec<Vec<u64>> = receivers.into_iter().map(|h| h.join().unwrap()).collect();
+    if broadcast {
+        for got in &results {
+            assert_eq!(got, &(0..COUNT).collect::<Vec<_>>(), "a subscriber missed messages");
+        }
+    } else {
+        let mut all: Vec<u64> = results.into_iter().flatten().collect();
+        all.sort_unstable();
+        assert_eq!(all, (0..COUNT).collect::<Vec<_>>(), "lost or duplicated messages");
+    }
+    if !sysv {
+        assert!(!segment_exists(&name), "segment left behind");
+    }
+}
+
 macro_rules! strategy_tests {
     ($($module:ident => $strategy:expr),* $(,)?) => {$(
         mod $module {
@@ -340,6 +416,14 @@ macro_rules! strategy_tests {
             fn wake_strategy_mismatch() { mismatch($strategy) }
             #[test]
             fn stress_random_pauses() { stress($strategy) }
+            #[test]
+            fn several_sleeping_receivers_queue() { several_sleepers($strategy, false, false) }
+            #[test]
+            fn several_sleeping_subscribers_broadcast() { several_sleepers($strategy, true, false) }
+            #[test]
+            fn several_sleeping_receivers_sysv_shared_memory() {
+                several_sleepers($strategy, false, true)
+            }
         }
     )*};
 }
