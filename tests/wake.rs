@@ -390,12 +390,20 @@ fn several_sleepers(s: WakeStrategy, broadcast: bool, sysv: bool) {
     let results: Vec<Vec<u64>> = receivers.into_iter().map(|h| h.join().unwrap()).collect();
     if broadcast {
         for got in &results {
-            assert_eq!(got, &(0..COUNT).collect::<Vec<_>>(), "a subscriber missed messages");
+            assert_eq!(
+                got,
+                &(0..COUNT).collect::<Vec<_>>(),
+                "a subscriber missed messages"
+            );
         }
     } else {
         let mut all: Vec<u64> = results.into_iter().flatten().collect();
         all.sort_unstable();
-        assert_eq!(all, (0..COUNT).collect::<Vec<_>>(), "lost or duplicated messages");
+        assert_eq!(
+            all,
+            (0..COUNT).collect::<Vec<_>>(),
+            "lost or duplicated messages"
+        );
     }
     if !sysv {
         assert!(!segment_exists(&name), "segment left behind");

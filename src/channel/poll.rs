@@ -61,8 +61,7 @@ impl<T: Message> Receiver<T> {
         }
         seg.notifier.prepare(&seg.seg);
         wait::prepare(seg.control(), cell, end.index);
-        if consumer.ready(seg)
-            || ring::peers(seg, ring::other(Role::Receiver), true) == Peers::Gone
+        if consumer.ready(seg) || ring::peers(seg, ring::other(Role::Receiver), true) == Peers::Gone
         {
             wait::finish(cell, end.index);
             return true;

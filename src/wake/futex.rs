@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use super::Notifier;
 use crate::segment::layout::WaitCell;
-use crate::segment::Segment;
 use crate::segment::Role;
+use crate::segment::Segment;
 
 pub(crate) struct Futex;
 

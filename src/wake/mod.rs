@@ -239,11 +239,9 @@ mod imp {
                 WakeStrategy::UnixSocket => AnyNotifier::UnixSocket(
                     super::unix_socket::UnixSocket::new(&seg.object(), role, index)?,
                 ),
-                WakeStrategy::EventFd => AnyNotifier::EventFd(super::eventfd::EventFd::new(
-                    &seg.object(),
-                    role,
-                    index,
-                )?),
+                WakeStrategy::EventFd => {
+                    AnyNotifier::EventFd(super::eventfd::EventFd::new(&seg.object(), role, index)?)
+                }
             })
         }
 
@@ -256,13 +254,7 @@ mod imp {
             each!(self, n => n.prepare(seg))
         }
 
-        pub(crate) fn sleep(
-            &self,
-            seg: &Segment,
-            cell: &WaitCell,
-            ticket: u32,
-            timeout: Duration,
-        ) {
+        pub(crate) fn sleep(&self, seg: &Segment, cell: &WaitCell, ticket: u32, timeout: Duration) {
             each!(self, n => n.sleep(seg, cell, ticket, timeout))
         }
 
@@ -330,11 +322,7 @@ mod imp {
     }
 
     /// Indices of the participants of `role` selected by `sleepers`.
-    pub(crate) fn selected(
-        seg: &Segment,
-        role: Role,
-        sleepers: u64,
-    ) -> impl Iterator<Item = u32> {
+    pub(crate) fn selected(seg: &Segment, role: Role, sleepers: u64) -> impl Iterator<Item = u32> {
         let g = seg.geometry();
         let max = match role {
             Role::Sender => g.max_senders,

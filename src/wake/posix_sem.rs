@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use super::{cell, init_once, selected, Notifier};
 use crate::segment::layout::WaitCell;
-use crate::segment::Segment;
 use crate::segment::Role;
+use crate::segment::Segment;
 use crate::sys::wakeup;
 
 pub(crate) struct PosixSem {

@@ -14,8 +14,8 @@ use std::time::Duration;
 
 use super::{selected, tag, Notifier};
 use crate::segment::layout::WaitCell;
-use crate::segment::Segment;
 use crate::segment::Role;
+use crate::segment::Segment;
 
 /// The abstract socket name of participant `index` of `role` of channel `object`; `kind`
 /// tells strategies apart.
