@@ -541,6 +541,7 @@ impl Consumer {
     /// consumer's position (a committed slot, or anything but "not committed yet": a lag, a
     /// stale head, corruption), without taking it. Never `false` when a committed message
     /// is waiting.
+    #[cfg(not(shmbus_loom))]
     pub(crate) fn ready<M: Memory>(&self, mem: &M) -> bool {
         let cap = mem.geometry().capacity;
         let pos = if self.delivery.broadcast || self.single {

@@ -101,6 +101,7 @@ impl WakeStrategy {
 
     /// The header's code and parameter. 0 is the futex, so segments made before wake
     /// strategies existed (reserved bytes zero) read as futex channels.
+    #[cfg_attr(shmbus_loom, allow(dead_code))]
     pub(crate) fn code(self) -> (u32, u32) {
         match self {
             WakeStrategy::Futex => (0, 0),
@@ -114,6 +115,7 @@ impl WakeStrategy {
     }
 
     /// Decodes a header's code and parameter (read from shared memory: validated).
+    #[cfg_attr(shmbus_loom, allow(dead_code))]
     pub(crate) fn from_code(code: u32, param: u32) -> Result<WakeStrategy, String> {
         Ok(match (code, param) {
             (0, 0) => WakeStrategy::Futex,
