@@ -260,7 +260,8 @@ pub enum RecvError {
     /// available.
     #[error("fell behind: {0} messages were overwritten before they were read")]
     Lagged(u64),
-    /// Every sender left or died and every committed message has been received.
+    /// Every sender left or died and every committed message has been received. Not final:
+    /// if a sender attaches again, the next `recv` delivers again.
     #[error("receiving on an empty channel whose senders are gone")]
     Disconnected,
     /// A message could not be decoded (it was dropped; the channel goes on).
@@ -283,7 +284,8 @@ pub enum TryRecvError {
     /// No message is waiting.
     #[error("receiving on an empty channel")]
     Empty,
-    /// Every sender left or died and every committed message has been received.
+    /// Every sender left or died and every committed message has been received. Not final:
+    /// if a sender attaches again, the next `recv` delivers again.
     #[error("receiving on an empty channel whose senders are gone")]
     Disconnected,
     /// A message could not be decoded (it was dropped; the channel goes on).
@@ -306,7 +308,8 @@ pub enum RecvTimeoutError {
     /// No message arrived before the timeout.
     #[error("timed out receiving on an empty channel")]
     Timeout,
-    /// Every sender left or died and every committed message has been received.
+    /// Every sender left or died and every committed message has been received. Not final:
+    /// if a sender attaches again, the next `recv` delivers again.
     #[error("receiving on an empty channel whose senders are gone")]
     Disconnected,
     /// A message could not be decoded (it was dropped; the channel goes on).
