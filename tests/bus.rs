@@ -559,3 +559,52 @@ fn assert_no_service_left(name: &str) {
         "response channels left: {leftovers:?}"
     );
 }
+
+/// A serialized (postcard) message of variable size, in every delivery mode.
+#[derive(shmbus::Message, Serialize, Deserialize, Debug, Clone, PartialEq)]
+enum Event {
+    Hello { who: String },
+    Data(Vec<u32>),
+    Bye,
+}
+
+fn event(i: u32) -> Event {
+    match i % 3 {
+        0 => Event::Hello {
+            who: "x".repeat(i as usize % 50),
+        },
+        1 => Event::Data((0..i % 200).collect()),
+        _ => Event::Bye,
+    }
+}
+
+#[test]
+fn serialized_messages_of_variable_size_in_queue_and_broadcast_modes() {
+    for kind in ["queue", "broadcast"] {
+        let h = Harness::new(&format!("bus_serde_{kind}"));
+        let mut o = if kind == "queue" {
+            queue_options(16)
+        } else {
+            broadcast_options(16, Overflow::Block, 0)
+        };
+        o.max_message_size(1024);
+        let subs: Vec<_> = (0..if kind == "queue" { 1 } else { 3 })
+            .map(|_| Receiver::<Event>::open_or_create(h.name(), &o).unwrap())
+            .collect();
+        let tx = Sender::<Event>::open_or_create(h.name(), &o).unwrap();
+        for i in 0..12 {
+            tx.send(event(i)).unwrap();
+        }
+        // Too large for the 1 KiB slots: refused, not sent.
+        let big = Event::Data((0..1000).collect());
+        assert!(matches!(tx.send(big), Err(shmbus::SendError::Encode(..))));
+        tx.send(event(12)).unwrap();
+        drop(tx);
+        for rx in &subs {
+            let got: Vec<Event> = rx.iter().collect();
+            assert_eq!(got, (0..13).map(event).collect::<Vec<_>>(), "{kind}");
+        }
+        drop(subs);
+        h.assert_no_segment();
+    }
+}
