@@ -56,13 +56,13 @@ const TRANSPORT: &str = "SHMBUS_CONF_TRANSPORT";
 const NAME: &str = "SHMBUS_CONF_NAME";
 const COUNT: &str = "SHMBUS_CONF_COUNT";
 
-/// Messages in the ordering test: `SHMBUS_CONF_COUNT`, or 20 000 (a debug build moves a
-/// million in tens of seconds per transport; see the README for the measured run).
+/// Messages in the ordering test: `SHMBUS_CONF_COUNT`, or a million (every transport
+/// together takes about 20 s in a debug build on the 2-CPU machine).
 fn count() -> u64 {
     std::env::var(COUNT)
         .ok()
         .and_then(|s| s.parse().ok())
-        .unwrap_or(20_000)
+        .unwrap_or(1_000_000)
 }
 
 fn options(transport: &str, name: &str) -> Options {
