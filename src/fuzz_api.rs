@@ -39,8 +39,9 @@ pub fn frames(data: &[u8]) {
     }
 }
 
+/// A serialized message type with strings, vectors, options and variants.
 #[derive(crate::Message, serde::Serialize, serde::Deserialize, Debug, Clone, PartialEq)]
-enum Payload {
+pub(crate) enum Payload {
     Unit,
     Text(String),
     Record {

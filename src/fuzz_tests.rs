@@ -7,25 +7,10 @@
 use proptest::prelude::*;
 use zerocopy::{FromBytes, IntoBytes};
 
+use crate::fuzz_api::{self, Payload};
 use crate::message::Message;
-use crate::ring::{Consumer, Delivery, Producer, Take};
-use crate::segment::heap::HeapSegment;
 use crate::segment::layout::{Geometry, Header, HEADER_SIZE, MAGIC};
-use crate::segment::Memory;
-use crate::sync::Ordering;
 use crate::transport::frame;
-
-#[derive(crate::Message, serde::Serialize, serde::Deserialize, Debug, Clone, PartialEq)]
-enum Payload {
-    Unit,
-    Text(String),
-    Record {
-        id: u64,
-        tags: Vec<u32>,
-        note: Option<String>,
-        nested: Vec<Vec<u8>>,
-    },
-}
 
 fn valid_header() -> Header {
     let g = Geometry::new(64, 24, 8, 8, 8).unwrap();
@@ -120,7 +105,7 @@ proptest! {
     fn postcard_payloads_decode_or_fail_cleanly(
         bytes in proptest::collection::vec(any::<u8>(), 0..256),
     ) {
-        let _ = Payload::__decode(&bytes);
+        fuzz_api::postcard(&bytes);
     }
 
     #[test]
@@ -136,38 +121,15 @@ proptest! {
     }
 
     /// A ring whose sequence words, lengths, pins and cursors are overwritten with garbage
-    /// between operations: claims and takes return values or corruption, never panic.
+    /// between operations (the interpreter of `fuzz_api::ring`): claims and takes return
+    /// values or corruption, never panic.
     #[test]
     fn ring_survives_foreign_writes(
-        ops in proptest::collection::vec((0u8..6, any::<u64>(), 0u64..8), 1..200),
-        multi in any::<bool>(),
-        broadcast in any::<bool>(),
+        mode in any::<u8>(),
+        ops in proptest::collection::vec(any::<u8>(), 0..1800),
     ) {
-        let n = if multi { 4 } else { 1 };
-        let mem = HeapSegment::new(Geometry::new(8, 8, 8, n, n).unwrap());
-        let delivery = Delivery { broadcast, drop_oldest: broadcast && multi, history: 0 };
-        let p = Producer::new(&mem, 0, delivery);
-        let c = Consumer::new(&mem, 0, delivery);
-        let mut held = Vec::new();
-        for (op, value, slot) in ops {
-            match op {
-                0 => if let Ok(crate::ring::Claim::Claimed(pos)) = p.try_claim(&mem) {
-                    p.commit(&mem, pos, 8, value & 1 == 0);
-                },
-                1 => if let Ok(Take::Ready { pos, len }) = c.try_take(&mem) {
-                    prop_assert!(len <= mem.geometry().max_message);
-                    held.push(pos);
-                },
-                2 => if let Some(pos) = held.pop() {
-                    c.release(&mem, pos);
-                },
-                3 => mem.slot(slot).seq.store(value, Ordering::Relaxed),
-                4 => mem.slot(slot).len.store(value as u32, Ordering::Relaxed),
-                _ => {
-                    mem.slot(slot).pins.store(value, Ordering::Relaxed);
-                    mem.control().tail.0.store(value % 64, Ordering::Relaxed);
-                }
-            }
-        }
+        let mut data = vec![mode];
+        data.extend(ops);
+        fuzz_api::ring(&data);
     }
 }

@@ -118,7 +118,7 @@ extern crate self as shmbus;
 #[cfg(not(shmbus_loom))]
 mod channel;
 mod error;
-#[cfg(all(feature = "fuzzing", not(shmbus_loom)))]
+#[cfg(all(any(test, feature = "fuzzing"), not(shmbus_loom)))]
 #[doc(hidden)]
 pub mod fuzz_api;
 #[cfg(all(test, not(shmbus_loom)))]
