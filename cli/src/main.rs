@@ -3,6 +3,7 @@
 //! Every command observes channels read-only through [`shmbus::inspect`] except `send`
 //! (which attaches as a sender), `clean` (which removes channels nobody holds) and `demo`.
 
+mod bench;
 mod demo;
 mod format;
 
@@ -81,8 +82,29 @@ enum Command {
         #[arg(long, default_value_t = 2_000_000)]
         messages: u64,
     },
-    /// Benchmarks.
-    Bench,
+    /// Measure 64-byte round-trip latency and busy-stream throughput over every transport
+    /// (or the ones named), between this process and a copy of itself.
+    Bench {
+        /// Transports to measure (default: shm sysv_shm pipe fifo unix abstract posix_mq
+        /// sysv_mq file; also file_rw, file_batch, file_fsync).
+        transports: Vec<String>,
+        /// Round trips per transport.
+        #[arg(long, default_value_t = 20_000)]
+        round_trips: u64,
+        /// Messages in the throughput stream.
+        #[arg(long, default_value_t = 200_000)]
+        stream: u64,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    #[command(name = "__bench_child", hide = true)]
+    BenchChild {
+        transport: String,
+        id: String,
+        round_trips: u64,
+        stream: u64,
+    },
     #[command(name = "__producer", hide = true)]
     Producer { name: String, messages: u64 },
     #[command(name = "__consumer", hide = true)]
@@ -113,10 +135,18 @@ fn main() -> ExitCode {
         } => send(prefix, &name, &json, timeout),
         Command::Clean { dry_run } => clean(prefix, dry_run),
         Command::Demo { messages } => demo::run(prefix, messages),
-        Command::Bench => {
-            println!("benchmarks: see `cargo bench` in the shmbus repository");
-            Ok(())
-        }
+        Command::Bench {
+            transports,
+            round_trips,
+            stream,
+            json,
+        } => bench::run(prefix, &transports, round_trips, stream, json),
+        Command::BenchChild {
+            transport,
+            id,
+            round_trips,
+            stream,
+        } => bench::child(prefix, &transport, &id, round_trips, stream),
         Command::Producer { name, messages } => demo::producer(prefix, &name, messages),
         Command::Consumer { name, messages } => demo::consumer(prefix, &name, messages),
     };

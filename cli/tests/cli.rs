@@ -273,6 +273,46 @@ fn errors_are_clear_and_fail() {
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("no channel \"missing\""), "{err}");
-    let out = shmbus(&p, &["bench"]);
-    assert!(stdout(&out).contains("cargo bench"));
+}
+
+#[test]
+fn bench_measures_each_transport_between_two_processes() {
+    let prefix = format!("clibench{}.", std::process::id());
+    let out = shmbus(
+        &prefix,
+        &[
+            "bench",
+            "shm",
+            "pipe",
+            "posix_mq",
+            "--round-trips",
+            "200",
+            "--stream",
+            "2000",
+            "--json",
+        ],
+    );
+    assert!(out.status.success());
+    let rows: serde_json::Value = serde_json::from_str(&stdout(&out)).expect("JSON");
+    let rows = rows.as_array().expect("a list");
+    let names: Vec<&str> = rows
+        .iter()
+        .map(|r| r["transport"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["shm", "pipe", "posix_mq"]);
+    for r in rows {
+        assert!(r["rtt_median_ns"].as_u64().unwrap() > 0, "{r}");
+        assert!(r["rtt_p99_ns"].as_u64().unwrap() >= r["rtt_median_ns"].as_u64().unwrap());
+        assert!(r["messages_per_s"].as_f64().unwrap() > 0.0, "{r}");
+    }
+    let left: Vec<String> = std::fs::read_dir("/dev/shm")
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|f| f.starts_with(&prefix))
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+    let bad = shmbus(&prefix, &["bench", "carrier-pigeon"]);
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("unknown transport"));
 }

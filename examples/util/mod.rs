@@ -7,7 +7,9 @@ use std::time::Duration;
 
 /// Pins the calling thread to `cpu` if this machine has it; returns whether it did.
 pub fn pin_to_cpu(cpu: usize) -> bool {
-    let ncpu = std::thread::available_parallelism().map_or(1, |n| n.get());
+    // The CPUs online, not this process's affinity: a child inherits its parent's pinning.
+    // SAFETY: sysconf only reads a configuration value.
+    let ncpu = unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) }.max(1) as usize;
     if cpu >= ncpu {
         return false;
     }
