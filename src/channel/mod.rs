@@ -380,7 +380,9 @@ impl End {
                 return poll().map_err(corrupt)?.ok_or(Blocked::Disconnected);
             }
             spins = spins.wrapping_add(1);
-            if spins % 64 != 0 {
+            // Between clock reads, spin in batches of 64 polls; with `spin(ZERO)` there is
+            // no spin phase at all.
+            if !self.spin.is_zero() && spins % 64 != 0 {
                 crate::sync::spin_hint();
                 continue;
             }
