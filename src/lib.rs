@@ -109,6 +109,15 @@
 //! copied through the kernel, not shared; a loan is a local value sent by [`Loan::send`].
 //! `docs/wire-format.md` describes each wire format.
 //!
+//! # Async
+//!
+//! With the `tokio` feature, `AsyncReceiver` gives `recv().await` and a `Stream` of
+//! messages on channels whose wake strategy is pollable ([`WakeStrategy::UnixSocket`],
+//! [`WakeStrategy::EventFd`]): each receiver's descriptor is registered with tokio's
+//! reactor, so many channels share one runtime thread with no helper thread per channel,
+//! and cancelling a `recv` future loses no message. `AsyncSender::send().await` retries a
+//! full ring with short sleeps.
+//!
 //! `Sender` and `Receiver` are `Send` but not `Sync`: move a handle to the thread that uses
 //! it, or give each thread its own ([`Sender::try_clone`]).
 #![deny(unsafe_op_in_unsafe_fn)]
@@ -142,6 +151,8 @@ pub use channel::{
     pipe, Client, Iter, Loan, Receiver, Request, RequestError, RespondError, Sample, Sender,
     Server, TryIter, INHERIT_VAR,
 };
+#[cfg(all(feature = "tokio", not(shmbus_loom)))]
+pub use channel::{AsyncReceiver, AsyncReceiverError, AsyncSender};
 pub use error::{
     CorruptError, OpenError, RecvError, RecvTimeoutError, SendError, SendTimeoutError,
     TryRecvError, TrySendError, TypeDesc,

@@ -3,6 +3,8 @@
 //! This module owns the blocking policy (spin, then sleep on the futex in slices, checking
 //! that the peer is alive between slices) and the typed view of slots.
 
+#[cfg(feature = "tokio")]
+mod async_tokio;
 pub(crate) mod link;
 mod poll;
 pub(crate) mod raw;
@@ -10,6 +12,8 @@ mod receiver;
 mod sender;
 mod service;
 
+#[cfg(feature = "tokio")]
+pub use async_tokio::{AsyncReceiver, AsyncReceiverError, AsyncSender};
 pub use link::{pipe, INHERIT_VAR};
 pub use receiver::{Iter, Receiver, Sample, TryIter};
 pub use sender::{Loan, Sender};
