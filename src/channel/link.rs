@@ -383,6 +383,23 @@ pub fn pipe<T: Message>() -> Result<(Sender<T>, Receiver<T>), OpenError> {
     ))
 }
 
+/// Passes the descriptor of an anonymous-pipe link to the child that `cmd` will spawn.
+fn pass_link(
+    name: String,
+    link: Option<Box<dyn Link>>,
+    cmd: &mut Command,
+    var: &str,
+) -> Result<(), OpenError> {
+    let fd = link
+        .and_then(|l| l.into_pipe_fd())
+        .ok_or(OpenError::InvalidOptions {
+            name,
+            reason: "only anonymous pipes can be passed to a child".into(),
+        })?;
+    spawn_var(cmd, var, fd);
+    Ok(())
+}
+
 impl<T: Message> Sender<T> {
     /// Hands this sender (made by [`pipe`](crate::pipe())) to the child that `cmd` will
     /// spawn: the descriptor is inherited at the same number and the environment variable
@@ -396,15 +413,7 @@ impl<T: Message> Sender<T> {
     /// dropped).
     pub fn pass_to(self, cmd: &mut Command, var: &str) -> Result<(), OpenError> {
         let name = self.name().to_owned();
-        let fd =
-            self.into_link()
-                .and_then(|l| l.into_pipe_fd())
-                .ok_or(OpenError::InvalidOptions {
-                    name,
-                    reason: "only anonymous pipes can be passed to a child".into(),
-                })?;
-        spawn_var(cmd, var, fd);
-        Ok(())
+        pass_link(name, self.into_link(), cmd, var)
     }
 
     /// Takes the pipe sender that the parent passed with [`pass_to`](Self::pass_to) under
@@ -438,15 +447,7 @@ impl<T: Message> Receiver<T> {
     /// [`OpenError::InvalidOptions`] if this receiver is not an anonymous pipe.
     pub fn pass_to(self, cmd: &mut Command, var: &str) -> Result<(), OpenError> {
         let name = self.name().to_owned();
-        let fd =
-            self.into_link()
-                .and_then(|l| l.into_pipe_fd())
-                .ok_or(OpenError::InvalidOptions {
-                    name,
-                    reason: "only anonymous pipes can be passed to a child".into(),
-                })?;
-        spawn_var(cmd, var, fd);
-        Ok(())
+        pass_link(name, self.into_link(), cmd, var)
     }
 
     /// Takes the pipe receiver that the parent passed with [`pass_to`](Self::pass_to) under
