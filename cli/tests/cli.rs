@@ -76,7 +76,7 @@ fn list_shows_type_mode_and_pids() {
         .lines()
         .find(|l| l.starts_with("quotes"))
         .expect("listed");
-    for want in ["queue", "Quote", "zero-copy", "16", &pid, "live"] {
+    for want in ["posix-shm", "queue", "Quote", "16", &pid, "live"] {
         assert!(line.contains(want), "{want:?} missing in {line:?}");
     }
     let out = shmbus(&p, &["list", "--json"]);
@@ -241,7 +241,7 @@ fn clean_removes_stale_and_keeps_live() {
     }
     let out = shmbus(&p, &["clean", "--dry-run"]);
     assert!(
-        stdout(&out).contains("keep    doomed"),
+        stdout(&out).contains("keep    posix-shm doomed"),
         "live child's channel kept"
     );
     // SAFETY: kill(2) on our own child's pid.
@@ -255,12 +255,12 @@ fn clean_removes_stale_and_keeps_live() {
     let out = shmbus(&p, &["list"]);
     assert!(stdout(&out).contains("stale"));
     let out = shmbus(&p, &["clean", "--dry-run"]);
-    assert!(stdout(&out).contains("would remove doomed"));
-    assert!(stdout(&out).contains("keep    live"));
+    assert!(stdout(&out).contains("would remove posix-shm doomed"));
+    assert!(stdout(&out).contains("keep    posix-shm live"));
     assert_eq!(leftovers(&p).len(), 2);
     let out = shmbus(&p, &["clean"]);
     assert!(out.status.success());
-    assert!(stdout(&out).contains("removed doomed"));
+    assert!(stdout(&out).contains("removed posix-shm doomed"));
     assert_eq!(leftovers(&p), ["live"]);
     drop(live);
     assert!(leftovers(&p).is_empty());
