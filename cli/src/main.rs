@@ -53,6 +53,9 @@ enum Command {
         /// Interval of --watch, in milliseconds.
         #[arg(long, default_value_t = 1000)]
         interval: u64,
+        /// Stop --watch after this many rows (default: until interrupted or stale).
+        #[arg(long)]
+        ticks: Option<u64>,
     },
     /// Print messages as they are committed, decoded through the channel's schema. Never
     /// takes a message away from a receiver.
@@ -134,7 +137,8 @@ fn main() -> ExitCode {
             name,
             watch,
             interval,
-        } => stat(prefix, &name, watch, interval),
+            ticks,
+        } => stat(prefix, &name, watch, interval, ticks),
         Command::Tail {
             name,
             count,
@@ -337,7 +341,7 @@ fn print_table<const N: usize>(rows: &[[String; N]]) {
     }
 }
 
-fn stat(prefix: &str, name: &str, watch: bool, interval_ms: u64) -> Result {
+fn stat(prefix: &str, name: &str, watch: bool, interval_ms: u64, ticks: Option<u64>) -> Result {
     let obs = open(prefix, name)?;
     let i = obs.info();
     println!("channel    {} (/dev/shm/{})", i.name, i.object);
@@ -436,7 +440,9 @@ fn stat(prefix: &str, name: &str, watch: bool, interval_ms: u64) -> Result {
         "{:>12}  {:>12}  {:>14}  {:>14}  {:>8}",
         "SENT", "RECEIVED", "SENT/S", "RECEIVED/S", "DEPTH"
     );
-    loop {
+    let mut rows = 0u64;
+    while ticks.is_none_or(|t| rows < t) {
+        rows += 1;
         std::thread::sleep(interval);
         let i = obs.info();
         let (s, r) = (i.sender_totals(), i.receiver_totals());
@@ -455,6 +461,7 @@ fn stat(prefix: &str, name: &str, watch: bool, interval_ms: u64) -> Result {
             return Ok(());
         }
     }
+    Ok(())
 }
 
 fn tail(prefix: &str, name: &str, count: Option<u64>, idle_ms: Option<u64>) -> Result {

@@ -118,6 +118,53 @@ fn stat_counts_what_was_sent() {
 }
 
 #[test]
+fn stat_watch_shows_rates() {
+    let p = prefix("watch");
+    let tx = Sender::<Quote>::create("quotes", &opts(&p)).unwrap();
+    let rx = Receiver::<Quote>::open("quotes", &opts(&p)).unwrap();
+    let stop = &std::sync::atomic::AtomicBool::new(false);
+    let out = std::thread::scope(|s| {
+        s.spawn(move || {
+            let mut seq = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                if tx.try_send(quote(seq)).is_ok() {
+                    seq += 1;
+                }
+                while rx.try_recv().is_ok() {}
+                std::thread::sleep(Duration::from_micros(50));
+            }
+        });
+        let out = shmbus(
+            &p,
+            &[
+                "stat",
+                "quotes",
+                "--watch",
+                "--interval",
+                "100",
+                "--ticks",
+                "3",
+            ],
+        );
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        out
+    });
+    assert!(out.status.success());
+    let text = stdout(&out);
+    let rows: Vec<Vec<f64>> = text
+        .lines()
+        .skip_while(|l| !l.contains("SENT/S"))
+        .skip(1)
+        .map(|l| l.split_whitespace().map(|n| n.parse().unwrap()).collect())
+        .collect();
+    assert_eq!(rows.len(), 3, "{text}");
+    // Columns: SENT RECEIVED SENT/S RECEIVED/S DEPTH; counts grow, rates are per second.
+    assert!(rows.windows(2).all(|w| w[1][0] >= w[0][0]), "{text}");
+    assert!(rows.iter().any(|r| r[2] > 0.0 && r[3] > 0.0), "{text}");
+    assert!(leftovers(&p).is_empty());
+}
+
+#[test]
 fn tail_decodes_without_the_type_and_steals_nothing() {
     let p = prefix("tail");
     let tx = Sender::<Quote>::create("quotes", &opts(&p)).unwrap();

@@ -218,5 +218,7 @@ pub(crate) fn remove_if_unused(lock_path: &Path, key: i32) -> io::Result<bool> {
     if let Some(id) = shm::sysv_lookup(key)? {
         shm::sysv_remove(id)?;
     }
-    unlink_if_same(lock_path, &file)
+    let removed = unlink_if_same(lock_path, &file)?;
+    tracing::info!(key, "removed a stale System V segment");
+    Ok(removed)
 }

@@ -317,5 +317,7 @@ pub(crate) fn remove_if_unused(
         return Ok(false);
     }
     remove_queue();
-    crate::segment::mapped::unlink_if_same(path, &file)
+    let removed = crate::segment::mapped::unlink_if_same(path, &file)?;
+    tracing::info!(path = %path.display(), "removed a stale queue");
+    Ok(removed)
 }
