@@ -6,6 +6,7 @@
 mod bench;
 mod demo;
 mod format;
+mod postcard;
 
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
