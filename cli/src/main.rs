@@ -92,11 +92,21 @@ enum Command {
         #[arg(long = "path", value_name = "PATH")]
         paths: Vec<std::path::PathBuf>,
     },
-    /// Run a producer and a consumer process and report throughput and latency.
+    /// Start here: a producer and consumer processes stream typed messages over shared
+    /// memory, with live throughput and latency, then measure round trips.
     Demo {
-        /// Messages to stream.
-        #[arg(long, default_value_t = 2_000_000)]
-        messages: u64,
+        /// Seconds to stream.
+        #[arg(long, default_value_t = 3.0)]
+        seconds: f64,
+        /// Stream this many messages instead of streaming for --seconds.
+        #[arg(long)]
+        messages: Option<u64>,
+        /// Consumer processes (each gets every message).
+        #[arg(long, default_value_t = 2)]
+        consumers: u32,
+        /// Round trips per round-trip phase.
+        #[arg(long, default_value_t = 100_000)]
+        round_trips: u64,
     },
     /// Measure 64-byte round-trip latency and busy-stream throughput over every transport
     /// (or the ones named), between this process and a copy of itself.
@@ -122,9 +132,19 @@ enum Command {
         stream: u64,
     },
     #[command(name = "__producer", hide = true)]
-    Producer { name: String, messages: u64 },
+    Producer {
+        name: String,
+        seconds: f64,
+        messages: u64,
+        consumers: u32,
+        round_trips: u64,
+    },
     #[command(name = "__consumer", hide = true)]
-    Consumer { name: String, messages: u64 },
+    Consumer {
+        name: String,
+        index: u32,
+        consumers: u32,
+    },
 }
 
 type Result<T = (), E = String> = std::result::Result<T, E>;
@@ -151,7 +171,20 @@ fn main() -> ExitCode {
             timeout,
         } => send(prefix, &name, &json, timeout),
         Command::Clean { dry_run, paths } => clean(prefix, dry_run, paths),
-        Command::Demo { messages } => demo::run(prefix, messages),
+        Command::Demo {
+            seconds,
+            messages,
+            consumers,
+            round_trips,
+        } => demo::run(
+            prefix,
+            &demo::Config {
+                seconds,
+                messages,
+                consumers,
+                round_trips,
+            },
+        ),
         Command::Bench {
             transports,
             round_trips,
@@ -164,8 +197,18 @@ fn main() -> ExitCode {
             round_trips,
             stream,
         } => bench::child(prefix, &transport, &id, round_trips, stream),
-        Command::Producer { name, messages } => demo::producer(prefix, &name, messages),
-        Command::Consumer { name, messages } => demo::consumer(prefix, &name, messages),
+        Command::Producer {
+            name,
+            seconds,
+            messages,
+            consumers,
+            round_trips,
+        } => demo::producer(prefix, &name, seconds, messages, consumers, round_trips),
+        Command::Consumer {
+            name,
+            index,
+            consumers,
+        } => demo::consumer(prefix, &name, index, consumers),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

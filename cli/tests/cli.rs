@@ -447,3 +447,36 @@ fn bench_measures_each_transport_between_two_processes() {
     assert!(!bad.status.success());
     assert!(String::from_utf8_lossy(&bad.stderr).contains("unknown transport"));
 }
+
+#[test]
+fn demo_streams_between_processes_and_cleans_up() {
+    let p = prefix("demo");
+    let out = shmbus(
+        &p,
+        &[
+            "demo",
+            "--messages",
+            "20000",
+            "--consumers",
+            "2",
+            "--round-trips",
+            "200",
+        ],
+    );
+    assert!(out.status.success());
+    let text = stdout(&out);
+    assert_eq!(
+        text.matches("every sequence number in order: yes").count(),
+        2,
+        "{text}"
+    );
+    assert!(text.contains("producer: sent 20000"), "{text}");
+    assert!(text.contains("received 20000"), "{text}");
+    assert!(text.contains("Tick { seq: 19999"), "{text}");
+    assert!(
+        text.contains("default wait") && text.contains("always sleep"),
+        "{text}"
+    );
+    assert!(text.contains("200 samples"), "{text}");
+    assert!(leftovers(&p).is_empty(), "{:?}", leftovers(&p));
+}
