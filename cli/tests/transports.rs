@@ -225,8 +225,11 @@ fn list_and_clean_every_transport() {
         find(&rows, "abstract-socket").is_none(),
         "an abstract socket goes with its process"
     );
-    let ring = find(&rows, "posix-shm").unwrap();
-    assert_eq!(ring["senders"][0]["alive"], false, "{ring}");
+    for t in ["posix-shm", "sysv-shm", "posix-mq", "sysv-mq"] {
+        let r = find(&rows, t).unwrap();
+        assert_eq!(r["senders"][0]["alive"], false, "{r}");
+        assert_eq!(r["receivers"][0]["alive"], false, "{r}");
+    }
     let table = String::from_utf8_lossy(&shmbus(&run.0, &prefix, &["list"]).stdout).into_owned();
     assert!(
         table.contains("(dead)") && table.contains("stale"),

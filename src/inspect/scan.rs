@@ -203,13 +203,14 @@ fn lockers(holders: &[Holder], b: u64) -> Vec<Peer> {
         .collect()
 }
 
-/// One peer per role that the locks say is attached, with its pid where `/proc` showed it.
-fn role_peers(holders: &[Holder], byte: u64, attached: bool) -> Vec<Peer> {
+/// One peer per role that the locks say is attached, with its pid where `/proc` showed it;
+/// one dead peer (pid unknown) if the role was seen and nobody holds it now.
+fn role_peers(holders: &[Holder], byte: u64, attached: bool, seen: bool) -> Vec<Peer> {
     let found = lockers(holders, byte);
-    if found.is_empty() && attached {
+    if found.is_empty() && (attached || seen) {
         vec![Peer {
             pid: None,
-            alive: true,
+            alive: attached,
         }]
     } else {
         found
@@ -231,8 +232,8 @@ fn queue(
             let holders = procs.holders_of(meta);
             e.type_name = Some(d.type_name);
             e.encoding = Encoding::from_u32(d.encoding);
-            e.senders = role_peers(&holders, d.lock_bytes.0, d.sender);
-            e.receivers = role_peers(&holders, d.lock_bytes.1, d.receiver);
+            e.senders = role_peers(&holders, d.lock_bytes.0, d.sender, d.seen.0);
+            e.receivers = role_peers(&holders, d.lock_bytes.1, d.receiver, d.seen.1);
             e.stale = !d.in_use;
             match depth() {
                 Ok((cap, n)) => {
@@ -321,7 +322,7 @@ fn file_log(procs: &Procs, dir: &Path) -> Endpoint {
             let holders = std::fs::metadata(dir.join(file::CONTROL_FILE))
                 .map(|m| procs.holders_of(&m))
                 .unwrap_or_default();
-            e.senders = role_peers(&holders, d.writer_lock, d.writer);
+            e.senders = role_peers(&holders, d.writer_lock, d.writer, false);
             e.receivers = lockers(&holders, d.readers_lock);
         }
         Err(err) => e.error = Some(err.to_string()),

@@ -266,6 +266,8 @@ pub(crate) struct Described {
     /// A sender / a receiver is attached now.
     pub(crate) sender: bool,
     pub(crate) receiver: bool,
+    /// A sender / a receiver attached at some point.
+    pub(crate) seen: (bool, bool),
     /// Lock bytes of the sender and the receiver.
     pub(crate) lock_bytes: (u64, u64),
 }
@@ -297,6 +299,10 @@ pub(crate) fn describe(path: &std::path::Path) -> io::Result<Described> {
         in_use: held(LIFE)?,
         sender: held(role_byte(Role::Sender))?,
         receiver: held(role_byte(Role::Receiver))?,
+        seen: (
+            h[seen_offset(Role::Sender) as usize] == 1,
+            h[seen_offset(Role::Receiver) as usize] == 1,
+        ),
         lock_bytes: (role_byte(Role::Sender), role_byte(Role::Receiver)),
     })
 }
