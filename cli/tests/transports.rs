@@ -22,12 +22,25 @@ struct Quote {
 
 const HOLDER: &str = "SHMBUS_CLI_HOLDER";
 
-/// Removes the runtime directory (and anything left in it) at the end of the test.
-struct TempDir(PathBuf);
+/// At the end of the test, also when it fails: kills the holder, removes whatever it left
+/// (`shmbus clean`: kernel queues and segments too) and the runtime directory.
+struct Cleanup {
+    run: PathBuf,
+    prefix: String,
+    child: Option<std::process::Child>,
+}
 
-impl Drop for TempDir {
+impl Drop for Cleanup {
     fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        let _ = Command::new(env!("CARGO_BIN_EXE_shmbus"))
+            .env("XDG_RUNTIME_DIR", &self.run)
+            .args(["--prefix", &self.prefix, "clean"])
+            .output();
+        let _ = std::fs::remove_dir_all(&self.run);
     }
 }
 
@@ -138,17 +151,27 @@ fn find<'a>(rows: &'a [serde_json::Value], transport: &str) -> Option<&'a serde_
 #[test]
 fn list_and_clean_every_transport() {
     let prefix = format!("shmbus-clitr-{}.", std::process::id());
-    let run = TempDir(std::env::temp_dir().join(format!("shmbus-clitr-{}", std::process::id())));
-    std::fs::create_dir_all(&run.0).unwrap();
+    let dir = std::env::temp_dir().join(format!("shmbus-clitr-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut guard = Cleanup {
+        run: dir.clone(),
+        prefix: prefix.clone(),
+        child: None,
+    };
+    let run = &dir;
     let mut child = Command::new(std::env::current_exe().unwrap())
         .args(["--exact", "holder", "--nocapture", "--test-threads", "1"])
         .env(HOLDER, &prefix)
-        .env("XDG_RUNTIME_DIR", &run.0)
+        .env("XDG_RUNTIME_DIR", run)
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let pid = serde_json::json!(child.id());
+    let child_pid = child.id();
+    guard.child = Some(child);
     let mut ready = String::new();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut lines = BufReader::new(stdout).lines();
     for line in lines.by_ref() {
         ready = line.unwrap();
         if ready.contains("ready") {
@@ -156,9 +179,8 @@ fn list_and_clean_every_transport() {
         }
     }
     assert!(ready.contains("ready"), "the holder failed");
-    let pid = serde_json::json!(child.id());
 
-    let rows = list(&run.0, &prefix);
+    let rows = list(run, &prefix);
     let want = [
         "posix-shm",
         "sysv-shm",
@@ -198,18 +220,18 @@ fn list_and_clean_every_transport() {
     assert_eq!(sock["receivers"][0]["pid"], pid, "{sock}");
     assert_eq!(sock["senders"].as_array().unwrap().len(), 1, "{sock}");
     // The table shows the same.
-    let table = String::from_utf8_lossy(&shmbus(&run.0, &prefix, &["list"]).stdout).into_owned();
+    let table = String::from_utf8_lossy(&shmbus(run, &prefix, &["list"]).stdout).into_owned();
     for t in want {
         assert!(table.contains(t), "{t} missing in\n{table}");
     }
     // Nothing is stale while the holder lives.
-    let dry = shmbus(&run.0, &prefix, &["clean", "--dry-run"]);
+    let dry = shmbus(run, &prefix, &["clean", "--dry-run"]);
     assert!(!String::from_utf8_lossy(&dry.stdout).contains("would remove"));
 
     // SAFETY: kill(2) on our own child's pid.
-    unsafe { libc::kill(child.id() as i32, libc::SIGKILL) };
-    child.wait().unwrap();
-    let rows = list(&run.0, &prefix);
+    unsafe { libc::kill(child_pid as i32, libc::SIGKILL) };
+    guard.child.take().unwrap().wait().unwrap();
+    let rows = list(run, &prefix);
     for t in [
         "posix-shm",
         "sysv-shm",
@@ -230,16 +252,16 @@ fn list_and_clean_every_transport() {
         assert_eq!(r["senders"][0]["alive"], false, "{r}");
         assert_eq!(r["receivers"][0]["alive"], false, "{r}");
     }
-    let table = String::from_utf8_lossy(&shmbus(&run.0, &prefix, &["list"]).stdout).into_owned();
+    let table = String::from_utf8_lossy(&shmbus(run, &prefix, &["list"]).stdout).into_owned();
     assert!(
         table.contains("(dead)") && table.contains("stale"),
         "{table}"
     );
 
-    let out = shmbus(&run.0, &prefix, &["clean"]);
+    let out = shmbus(run, &prefix, &["clean"]);
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("6 stale channel(s) removed"), "{text}");
-    let rows = list(&run.0, &prefix);
+    let rows = list(run, &prefix);
     let left: Vec<&str> = rows
         .iter()
         .map(|r| r["transport"].as_str().unwrap())
