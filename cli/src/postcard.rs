@@ -99,11 +99,13 @@ pub fn decode(schema: &SchemaDesc, bytes: &[u8]) -> String {
         pos: 0,
         known,
     };
-    let r = if schema
-        .fields
-        .first()
-        .is_some_and(|f| f.type_name.starts_with("variant"))
-    {
+    // An enum records one entry per variant, each typed `variant…`.
+    let is_enum = !schema.fields.is_empty()
+        && schema
+            .fields
+            .iter()
+            .all(|f| f.type_name.starts_with("variant") && f.kind == KindDesc::Opaque);
+    let r = if is_enum {
         enum_value(&mut out, &schema.fields, &mut input)
     } else {
         struct_value(&mut out, &schema.fields, &mut input, 0)
