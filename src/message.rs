@@ -249,6 +249,28 @@ pub mod __private {
     pub use core::mem::{align_of, offset_of, size_of};
     pub use serde;
 
+    /// The recorded kind of a field of a serialized message: the field type's own schema
+    /// if it derives `Message` (a nested message), otherwise opaque (tools decode it from
+    /// the type text). Resolved at the derive's expansion site: the inherent constant
+    /// applies when `T: Message` holds, the [`SerdeFieldFallback`] one otherwise.
+    pub struct SerdeField<T: ?Sized>(core::marker::PhantomData<T>);
+
+    impl<T: Message> SerdeField<T> {
+        /// The nested schema of a field whose type is a message.
+        pub const KIND: FieldKind = match T::INFO.schema {
+            Some(schema) => FieldKind::Struct(schema),
+            None => FieldKind::Opaque,
+        };
+    }
+
+    /// The kind of a field whose type is not a message (see [`SerdeField`]).
+    pub trait SerdeFieldFallback {
+        /// Opaque: decoded from the type text.
+        const KIND: FieldKind = FieldKind::Opaque;
+    }
+
+    impl<T: ?Sized> SerdeFieldFallback for SerdeField<T> {}
+
     /// The byte copy used as the encoding of every zero-copy message.
     #[inline]
     pub fn pod_encode<T: Pod>(value: &T, out: &mut [u8]) -> Result<usize, EncodeError> {

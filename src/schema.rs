@@ -4,7 +4,9 @@
 //! The derive describes every message type as a `&'static` [`Schema`] in
 //! [`MessageInfo::schema`](crate::MessageInfo::schema): zero-copy types with each field's
 //! name, type name, offset, size and [`FieldKind`]; serialized (postcard) types with their
-//! field names and type names as text only. The creator writes it into the segment, so that
+//! field names and type names as text, and for a field whose type (or, for a standard
+//! container such as `Vec<T>` or `Option<T>`, whose element type) is itself a message, that
+//! message's schema as a [`FieldKind::Struct`], so that nested structs can be decoded too. The creator writes it into the segment, so that
 //! tools such as `shmbus tail` can decode messages without the Rust type
 //! ([`inspect::ChannelInfo::schema`](crate::inspect::ChannelInfo::schema)).
 //!

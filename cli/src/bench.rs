@@ -81,7 +81,7 @@ fn tick(seq: u64) -> Tick {
     }
 }
 
-fn pin_to_cpu(cpu: usize) {
+pub(crate) fn pin_to_cpu(cpu: usize) {
     // The CPUs online, not this process's affinity: a child inherits its parent's pinning.
     // SAFETY: sysconf only reads a configuration value.
     let ncpu = unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) }.max(1) as usize;

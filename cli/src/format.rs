@@ -6,7 +6,8 @@ use std::fmt::Write as _;
 use serde_json::Value;
 use shmbus::{Encoding, FieldDesc, KindDesc, SchemaDesc};
 
-/// `{seq: 1, price: 2.5, venue: "XNAS"}` for a zero-copy message; hex otherwise.
+/// `{seq: 1, price: 2.5, venue: "XNAS"}` for a zero-copy message, the decoded values of a
+/// serialized (postcard) one as far as its schema describes them; hex otherwise.
 pub fn decode(schema: Option<&SchemaDesc>, bytes: &[u8]) -> String {
     match schema {
         Some(s) if s.encoding == Some(Encoding::ZeroCopy) && bytes.len() >= s.size => {
@@ -14,11 +15,12 @@ pub fn decode(schema: Option<&SchemaDesc>, bytes: &[u8]) -> String {
             write_struct(&mut out, &s.fields, bytes);
             out
         }
+        Some(s) if s.encoding == Some(Encoding::Postcard) => crate::postcard::decode(s, bytes),
         _ => format!("<{} bytes: {}>", bytes.len(), hex(bytes)),
     }
 }
 
-fn hex(bytes: &[u8]) -> String {
+pub fn hex(bytes: &[u8]) -> String {
     bytes.iter().fold(String::new(), |mut s, b| {
         let _ = write!(s, "{b:02x}");
         s

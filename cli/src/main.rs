@@ -6,13 +6,16 @@
 mod bench;
 mod demo;
 mod format;
+mod postcard;
 
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use clap::{Parser, Subcommand};
 use serde_json::json;
-use shmbus::inspect::{self, ChannelInfo, Observed, Observer, ParticipantInfo};
+use shmbus::inspect::{
+    self, ChannelInfo, Endpoint, Observed, Observer, ParticipantInfo, Peer, Removed,
+};
 
 #[derive(Parser)]
 #[command(
@@ -30,11 +33,16 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// List the channels in /dev/shm.
+    /// List the channels of every transport that can be found: shared memory (POSIX and
+    /// System V), POSIX and System V queues, and FIFOs, Unix sockets and file logs named
+    /// after the prefix in $XDG_RUNTIME_DIR (or /tmp) or given with --path.
     List {
         /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
+        /// A FIFO, Unix socket or file-log directory to look at too (repeatable).
+        #[arg(long = "path", value_name = "PATH")]
+        paths: Vec<std::path::PathBuf>,
     },
     /// Show a channel's description, participants and counters.
     Stat {
@@ -46,6 +54,9 @@ enum Command {
         /// Interval of --watch, in milliseconds.
         #[arg(long, default_value_t = 1000)]
         interval: u64,
+        /// Stop --watch after this many rows (default: until interrupted or stale).
+        #[arg(long)]
+        ticks: Option<u64>,
     },
     /// Print messages as they are committed, decoded through the channel's schema. Never
     /// takes a message away from a receiver.
@@ -69,18 +80,33 @@ enum Command {
         #[arg(long, default_value_t = 5000)]
         timeout: u64,
     },
-    /// Remove stale channels (every process that used them is gone). Never removes one
-    /// that a live process holds.
+    /// Remove stale channels of every transport `list` finds (every process that used
+    /// them is gone): segments, queues with their presence files, lock files, FIFOs nobody
+    /// has open, socket files nobody listens on. Never removes one that a live process
+    /// holds; never removes file logs (their records are kept on purpose).
     Clean {
         /// Only show what would be removed.
         #[arg(long)]
         dry_run: bool,
+        /// A FIFO or Unix socket to consider too (repeatable).
+        #[arg(long = "path", value_name = "PATH")]
+        paths: Vec<std::path::PathBuf>,
     },
-    /// Run a producer and a consumer process and report throughput and latency.
+    /// Start here: a producer and consumer processes stream typed messages over shared
+    /// memory, with live throughput and latency, then measure round trips.
     Demo {
-        /// Messages to stream.
-        #[arg(long, default_value_t = 2_000_000)]
-        messages: u64,
+        /// Seconds to stream.
+        #[arg(long, default_value_t = 3.0)]
+        seconds: f64,
+        /// Stream this many messages instead of streaming for --seconds.
+        #[arg(long)]
+        messages: Option<u64>,
+        /// Consumer processes (each gets every message).
+        #[arg(long, default_value_t = 2)]
+        consumers: u32,
+        /// Round trips per round-trip phase.
+        #[arg(long, default_value_t = 100_000)]
+        round_trips: u64,
     },
     /// Measure 64-byte round-trip latency and busy-stream throughput over every transport
     /// (or the ones named), between this process and a copy of itself.
@@ -106,9 +132,19 @@ enum Command {
         stream: u64,
     },
     #[command(name = "__producer", hide = true)]
-    Producer { name: String, messages: u64 },
+    Producer {
+        name: String,
+        seconds: f64,
+        messages: u64,
+        consumers: u32,
+        round_trips: u64,
+    },
     #[command(name = "__consumer", hide = true)]
-    Consumer { name: String, messages: u64 },
+    Consumer {
+        name: String,
+        index: u32,
+        consumers: u32,
+    },
 }
 
 type Result<T = (), E = String> = std::result::Result<T, E>;
@@ -117,12 +153,13 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let prefix = cli.prefix.as_str();
     let result = match cli.command {
-        Command::List { json } => list(prefix, json),
+        Command::List { json, paths } => list(prefix, json, paths),
         Command::Stat {
             name,
             watch,
             interval,
-        } => stat(prefix, &name, watch, interval),
+            ticks,
+        } => stat(prefix, &name, watch, interval, ticks),
         Command::Tail {
             name,
             count,
@@ -133,8 +170,21 @@ fn main() -> ExitCode {
             json,
             timeout,
         } => send(prefix, &name, &json, timeout),
-        Command::Clean { dry_run } => clean(prefix, dry_run),
-        Command::Demo { messages } => demo::run(prefix, messages),
+        Command::Clean { dry_run, paths } => clean(prefix, dry_run, paths),
+        Command::Demo {
+            seconds,
+            messages,
+            consumers,
+            round_trips,
+        } => demo::run(
+            prefix,
+            &demo::Config {
+                seconds,
+                messages,
+                consumers,
+                round_trips,
+            },
+        ),
         Command::Bench {
             transports,
             round_trips,
@@ -147,8 +197,18 @@ fn main() -> ExitCode {
             round_trips,
             stream,
         } => bench::child(prefix, &transport, &id, round_trips, stream),
-        Command::Producer { name, messages } => demo::producer(prefix, &name, messages),
-        Command::Consumer { name, messages } => demo::consumer(prefix, &name, messages),
+        Command::Producer {
+            name,
+            seconds,
+            messages,
+            consumers,
+            round_trips,
+        } => demo::producer(prefix, &name, seconds, messages, consumers, round_trips),
+        Command::Consumer {
+            name,
+            index,
+            consumers,
+        } => demo::consumer(prefix, &name, index, consumers),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -161,25 +221,6 @@ fn main() -> ExitCode {
 
 fn open(prefix: &str, name: &str) -> Result<Observer> {
     Observer::open(prefix, name).map_err(|e| e.to_string())
-}
-
-fn pids(ps: &[ParticipantInfo]) -> String {
-    let live: Vec<String> = ps
-        .iter()
-        .filter(|p| p.state == inspect::ParticipantState::Active)
-        .map(|p| {
-            if p.alive {
-                p.pid.to_string()
-            } else {
-                format!("{}(dead)", p.pid)
-            }
-        })
-        .collect();
-    if live.is_empty() {
-        "-".into()
-    } else {
-        live.join(",")
-    }
 }
 
 fn participant_json(p: &ParticipantInfo) -> serde_json::Value {
@@ -215,60 +256,116 @@ fn info_json(i: &ChannelInfo) -> serde_json::Value {
     })
 }
 
-fn list(prefix: &str, as_json: bool) -> Result {
-    let entries = inspect::list(prefix).map_err(|e| format!("cannot read /dev/shm: {e}"))?;
+fn peers_text(ps: &[Peer]) -> String {
+    if ps.is_empty() {
+        return "-".into();
+    }
+    ps.iter()
+        .map(|p| match (p.pid, p.alive) {
+            (Some(pid), true) => pid.to_string(),
+            (Some(pid), false) => format!("{pid}(dead)"),
+            (None, true) => "?".into(),
+            (None, false) => "?(dead)".into(),
+        })
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+fn peers_json(ps: &[Peer]) -> serde_json::Value {
+    ps.iter()
+        .map(|p| json!({"pid": p.pid, "alive": p.alive}))
+        .collect()
+}
+
+fn endpoint_json(e: &Endpoint) -> serde_json::Value {
+    let mut v = match &e.channel {
+        Some(i) => info_json(i),
+        None => json!({
+            "name": e.name,
+            "mode": e.mode.map(|m| m.name()),
+            "type": e.type_name,
+            "encoding": e.encoding.map(|e| e.name()),
+            "capacity": e.capacity,
+            "depth": e.depth,
+            "stale": e.stale,
+            "senders": peers_json(&e.senders),
+            "receivers": peers_json(&e.receivers),
+        }),
+    };
+    v["transport"] = json!(e.transport.name());
+    v["location"] = json!(e.location);
+    if let Some(err) = &e.error {
+        v["error"] = json!(err);
+    }
+    v
+}
+
+fn scan(prefix: &str, paths: Vec<std::path::PathBuf>) -> Result<Vec<Endpoint>> {
+    let mut what = inspect::Scan::new(prefix);
+    what.paths = paths;
+    inspect::scan(&what).map_err(|e| format!("cannot list channels: {e}"))
+}
+
+fn list(prefix: &str, as_json: bool, paths: Vec<std::path::PathBuf>) -> Result {
+    let entries = scan(prefix, paths)?;
     if as_json {
-        let v: Vec<_> = entries
-            .iter()
-            .map(|e| match e {
-                Ok(i) => info_json(i),
-                Err(u) => json!({"name": u.name, "error": u.error.to_string()}),
-            })
-            .collect();
+        let v: Vec<_> = entries.iter().map(endpoint_json).collect();
         println!("{}", serde_json::Value::Array(v));
+        return Ok(());
+    }
+    if entries.is_empty() {
+        println!(
+            "no channels with prefix {prefix:?} (looked in /dev/shm, {}, /proc/net/unix)",
+            runtime_dir()
+        );
         return Ok(());
     }
     let mut rows = vec![[
         "NAME",
+        "TRANSPORT",
         "MODE",
         "TYPE",
-        "ENCODING",
         "CAP",
-        "SLOT",
         "DEPTH",
         "SENDERS",
         "RECEIVERS",
         "STATE",
     ]
     .map(String::from)];
+    let opt = |v: Option<u64>| v.map_or("-".to_string(), |n| n.to_string());
     for e in &entries {
-        rows.push(match e {
-            Ok(i) => [
-                i.name.clone(),
-                i.mode.name().into(),
-                i.type_name.clone(),
-                i.encoding.map_or("unknown", |e| e.name()).into(),
-                i.capacity.to_string(),
-                i.slot_size.to_string(),
-                i.depth.to_string(),
-                pids(&i.senders),
-                pids(&i.receivers),
-                if i.stale { "stale" } else { "live" }.into(),
-            ],
-            Err(u) => {
-                let mut r: [String; 10] = Default::default();
-                r[0] = u.name.clone();
-                r[9] = format!("unreadable: {}", u.error);
-                r
-            }
-        });
-    }
-    if entries.is_empty() {
-        println!("no channels in /dev/shm with prefix {prefix:?}");
-        return Ok(());
+        rows.push([
+            e.name.clone(),
+            e.transport.name().into(),
+            e.mode.map_or("-", |m| m.name()).into(),
+            e.type_name.clone().unwrap_or_else(|| "?".into()),
+            opt(e.capacity),
+            opt(e.depth),
+            peers_text(&e.senders),
+            peers_text(&e.receivers),
+            match (&e.error, e.stale) {
+                (_, true) => "stale".into(),
+                (None, false)
+                    if e.transport == inspect::Transport::FileLog
+                        && e.senders.is_empty()
+                        && e.receivers.is_empty() =>
+                {
+                    "kept (unused)".into()
+                }
+                (Some(err), false) => format!("unreadable: {err}"),
+                (None, false) => "live".into(),
+            },
+        ]);
     }
     print_table(&rows);
     Ok(())
+}
+
+fn runtime_dir() -> String {
+    std::env::var("XDG_RUNTIME_DIR")
+        .ok()
+        .filter(|d| std::path::Path::new(d).is_dir())
+        .unwrap_or_else(|| "/tmp".into())
 }
 
 fn print_table<const N: usize>(rows: &[[String; N]]) {
@@ -288,7 +385,7 @@ fn print_table<const N: usize>(rows: &[[String; N]]) {
     }
 }
 
-fn stat(prefix: &str, name: &str, watch: bool, interval_ms: u64) -> Result {
+fn stat(prefix: &str, name: &str, watch: bool, interval_ms: u64, ticks: Option<u64>) -> Result {
     let obs = open(prefix, name)?;
     let i = obs.info();
     println!("channel    {} (/dev/shm/{})", i.name, i.object);
@@ -387,7 +484,9 @@ fn stat(prefix: &str, name: &str, watch: bool, interval_ms: u64) -> Result {
         "{:>12}  {:>12}  {:>14}  {:>14}  {:>8}",
         "SENT", "RECEIVED", "SENT/S", "RECEIVED/S", "DEPTH"
     );
-    loop {
+    let mut rows = 0u64;
+    while ticks.is_none_or(|t| rows < t) {
+        rows += 1;
         std::thread::sleep(interval);
         let i = obs.info();
         let (s, r) = (i.sender_totals(), i.receiver_totals());
@@ -406,6 +505,7 @@ fn stat(prefix: &str, name: &str, watch: bool, interval_ms: u64) -> Result {
             return Ok(());
         }
     }
+    Ok(())
 }
 
 fn tail(prefix: &str, name: &str, count: Option<u64>, idle_ms: Option<u64>) -> Result {
@@ -474,32 +574,41 @@ fn send(prefix: &str, name: &str, text: &str, timeout_ms: u64) -> Result {
     Ok(())
 }
 
-fn clean(prefix: &str, dry_run: bool) -> Result {
-    let names = inspect::names(prefix).map_err(|e| format!("cannot read /dev/shm: {e}"))?;
+fn clean(prefix: &str, dry_run: bool, paths: Vec<std::path::PathBuf>) -> Result {
+    let entries = scan(prefix, paths)?;
     let mut removed = 0;
-    for name in names {
-        let stale = match Observer::open(prefix, &name) {
-            Ok(o) => o.is_stale(),
-            Err(inspect::InspectError::NotFound { .. }) => continue,
-            // Unreadable (another layout version, half-created): removed below only if
-            // nobody holds it, which remove_stale checks atomically.
-            Err(_) => true,
-        };
-        if !stale {
-            println!("keep    {name} (in use)");
+    for e in &entries {
+        let what = format!("{} {}", e.transport.name(), e.name);
+        if matches!(
+            e.transport,
+            inspect::Transport::FileLog | inspect::Transport::AbstractSocket
+        ) {
+            continue;
+        }
+        // Unreadable ring segments (another layout version, half-created) count as
+        // candidates: clean_stale removes them only if nobody holds them, atomically.
+        let candidate = e.stale
+            || (e.error.is_some()
+                && matches!(
+                    e.transport,
+                    inspect::Transport::PosixShm | inspect::Transport::SysvShm
+                ));
+        if !candidate {
+            println!("keep    {what} (in use)");
             continue;
         }
         if dry_run {
-            println!("would remove {name}");
+            println!("would remove {what} ({})", e.location);
             continue;
         }
-        match inspect::remove_stale(prefix, &name) {
-            Ok(true) => {
-                println!("removed {name}");
+        match inspect::clean_stale(prefix, e) {
+            Ok(Removed::Removed) => {
+                println!("removed {what} ({})", e.location);
                 removed += 1;
             }
-            Ok(false) => println!("keep    {name} (in use)"),
-            Err(e) => eprintln!("shmbus: cannot remove {name}: {e}"),
+            Ok(Removed::InUse) => println!("keep    {what} (in use)"),
+            Ok(Removed::NotApplicable) => {}
+            Err(err) => eprintln!("shmbus: cannot remove {what}: {err}"),
         }
     }
     if !dry_run {

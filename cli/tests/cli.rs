@@ -76,7 +76,7 @@ fn list_shows_type_mode_and_pids() {
         .lines()
         .find(|l| l.starts_with("quotes"))
         .expect("listed");
-    for want in ["queue", "Quote", "zero-copy", "16", &pid, "live"] {
+    for want in ["posix-shm", "queue", "Quote", "16", &pid, "live"] {
         assert!(line.contains(want), "{want:?} missing in {line:?}");
     }
     let out = shmbus(&p, &["list", "--json"]);
@@ -114,6 +114,53 @@ fn stat_counts_what_was_sent() {
     assert!(text.contains("depth      6"), "{text}");
     assert!(text.contains("seq: u64"), "{text}");
     drop((tx, rx));
+    assert!(leftovers(&p).is_empty());
+}
+
+#[test]
+fn stat_watch_shows_rates() {
+    let p = prefix("watch");
+    let tx = Sender::<Quote>::create("quotes", &opts(&p)).unwrap();
+    let rx = Receiver::<Quote>::open("quotes", &opts(&p)).unwrap();
+    let stop = &std::sync::atomic::AtomicBool::new(false);
+    let out = std::thread::scope(|s| {
+        s.spawn(move || {
+            let mut seq = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                if tx.try_send(quote(seq)).is_ok() {
+                    seq += 1;
+                }
+                while rx.try_recv().is_ok() {}
+                std::thread::sleep(Duration::from_micros(50));
+            }
+        });
+        let out = shmbus(
+            &p,
+            &[
+                "stat",
+                "quotes",
+                "--watch",
+                "--interval",
+                "100",
+                "--ticks",
+                "3",
+            ],
+        );
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        out
+    });
+    assert!(out.status.success());
+    let text = stdout(&out);
+    let rows: Vec<Vec<f64>> = text
+        .lines()
+        .skip_while(|l| !l.contains("SENT/S"))
+        .skip(1)
+        .map(|l| l.split_whitespace().map(|n| n.parse().unwrap()).collect())
+        .collect();
+    assert_eq!(rows.len(), 3, "{text}");
+    // Columns: SENT RECEIVED SENT/S RECEIVED/S DEPTH; counts grow, rates are per second.
+    assert!(rows.windows(2).all(|w| w[1][0] >= w[0][0]), "{text}");
+    assert!(rows.iter().any(|r| r[2] > 0.0 && r[3] > 0.0), "{text}");
     assert!(leftovers(&p).is_empty());
 }
 
@@ -161,6 +208,90 @@ fn tail_decodes_without_the_type_and_steals_nothing() {
     );
     assert_eq!(rx.try_recv().unwrap().seq, 9);
     drop((tx, rx));
+    assert!(leftovers(&p).is_empty());
+}
+
+/// A serialized (postcard) message: the tool sees only field names and type text, plus the
+/// schema of `Leg`, a nested message.
+#[derive(shmbus::Message, serde::Serialize, serde::Deserialize, Clone, Debug, PartialEq)]
+struct Order {
+    id: u64,
+    account: String,
+    delta: i32,
+    legs: Vec<Leg>,
+    first: Leg,
+    limit: Option<f64>,
+    tags: std::collections::BTreeMap<String, u16>,
+    urgent: bool,
+    note: Note,
+}
+
+#[derive(shmbus::Message, serde::Serialize, serde::Deserialize, Clone, Debug, PartialEq)]
+struct Leg {
+    venue: String,
+    qty: [u32; 2],
+}
+
+/// Serde only: not described, shown as hex.
+#[derive(serde::Serialize, serde::Deserialize, Clone, Debug, PartialEq)]
+struct Note(u8);
+
+#[derive(shmbus::Message, serde::Serialize, serde::Deserialize, Clone, Debug, PartialEq)]
+enum Event {
+    Start,
+    Fill(u64, f32),
+    Cancel { id: u64, reason: String },
+}
+
+#[test]
+fn tail_decodes_serde_messages() {
+    let p = prefix("tailserde");
+    let leg = |v: &str| Leg {
+        venue: v.into(),
+        qty: [1, 300],
+    };
+    let tx = Sender::<Order>::create("orders", &opts(&p)).unwrap();
+    let rx = Receiver::<Order>::open("orders", &opts(&p)).unwrap();
+    tx.send(Order {
+        id: 300,
+        account: "ACME".into(),
+        delta: -2,
+        legs: vec![leg("XNAS"), leg("BATS")],
+        first: leg("IEX"),
+        limit: Some(2.5),
+        tags: [("desk".to_string(), 7u16)].into(),
+        urgent: true,
+        note: Note(0xab),
+    })
+    .unwrap();
+    let out = shmbus(&p, &["tail", "orders", "--count", "1"]);
+    assert!(out.status.success());
+    // Nested messages (`Leg`, also inside a `Vec`) are decoded through their recorded
+    // schema; `Note` derives only serde: the rest of the message is shown as hex.
+    assert_eq!(
+        stdout(&out).trim(),
+        r#"{id: 300, account: "ACME", delta: -2, legs: [{venue: "XNAS", qty: [1, 300]}, {venue: "BATS", qty: [1, 300]}], first: {venue: "IEX", qty: [1, 300]}, limit: Some(2.5), tags: {"desk": 7}, urgent: true, note: <undecoded (type `Note` is not described): ab>"#
+    );
+    let events = Sender::<Event>::create("events", &opts(&p)).unwrap();
+    let erx = Receiver::<Event>::open("events", &opts(&p)).unwrap();
+    events.send(Event::Start).unwrap();
+    events.send(Event::Fill(300, 1.5)).unwrap();
+    events
+        .send(Event::Cancel {
+            id: 9,
+            reason: "late".into(),
+        })
+        .unwrap();
+    let out = shmbus(&p, &["tail", "events", "--count", "3"]);
+    assert_eq!(
+        stdout(&out).lines().collect::<Vec<_>>(),
+        [
+            "Start",
+            "Fill(300, 1.5)",
+            r#"Cancel {id: 9, reason: "late"}"#
+        ]
+    );
+    drop((tx, rx, events, erx));
     assert!(leftovers(&p).is_empty());
 }
 
@@ -241,7 +372,7 @@ fn clean_removes_stale_and_keeps_live() {
     }
     let out = shmbus(&p, &["clean", "--dry-run"]);
     assert!(
-        stdout(&out).contains("keep    doomed"),
+        stdout(&out).contains("keep    posix-shm doomed"),
         "live child's channel kept"
     );
     // SAFETY: kill(2) on our own child's pid.
@@ -255,12 +386,12 @@ fn clean_removes_stale_and_keeps_live() {
     let out = shmbus(&p, &["list"]);
     assert!(stdout(&out).contains("stale"));
     let out = shmbus(&p, &["clean", "--dry-run"]);
-    assert!(stdout(&out).contains("would remove doomed"));
-    assert!(stdout(&out).contains("keep    live"));
+    assert!(stdout(&out).contains("would remove posix-shm doomed"));
+    assert!(stdout(&out).contains("keep    posix-shm live"));
     assert_eq!(leftovers(&p).len(), 2);
     let out = shmbus(&p, &["clean"]);
     assert!(out.status.success());
-    assert!(stdout(&out).contains("removed doomed"));
+    assert!(stdout(&out).contains("removed posix-shm doomed"));
     assert_eq!(leftovers(&p), ["live"]);
     drop(live);
     assert!(leftovers(&p).is_empty());
@@ -315,4 +446,37 @@ fn bench_measures_each_transport_between_two_processes() {
     let bad = shmbus(&prefix, &["bench", "carrier-pigeon"]);
     assert!(!bad.status.success());
     assert!(String::from_utf8_lossy(&bad.stderr).contains("unknown transport"));
+}
+
+#[test]
+fn demo_streams_between_processes_and_cleans_up() {
+    let p = prefix("demo");
+    let out = shmbus(
+        &p,
+        &[
+            "demo",
+            "--messages",
+            "20000",
+            "--consumers",
+            "2",
+            "--round-trips",
+            "200",
+        ],
+    );
+    assert!(out.status.success());
+    let text = stdout(&out);
+    assert_eq!(
+        text.matches("every sequence number in order: yes").count(),
+        2,
+        "{text}"
+    );
+    assert!(text.contains("producer: sent 20000"), "{text}");
+    assert!(text.contains("received 20000"), "{text}");
+    assert!(text.contains("Tick { seq: 19999"), "{text}");
+    assert!(
+        text.contains("default wait") && text.contains("always sleep"),
+        "{text}"
+    );
+    assert!(text.contains("200 samples"), "{text}");
+    assert!(leftovers(&p).is_empty(), "{:?}", leftovers(&p));
 }

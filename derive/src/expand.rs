@@ -284,7 +284,7 @@ fn postcard(input: &Input) -> TokenStream {
 /// per variant with its fields as the type text).
 fn postcard_schema(input: &Input, name: &LitStr) -> TokenStream {
     let ty = input.ident;
-    let text_field = |field_name: String, type_name: String| {
+    let text_field = |field_name: String, type_name: String, kind: TokenStream| {
         let field_name = LitStr::new(&field_name, Span::call_site());
         let type_name = LitStr::new(&type_name, Span::call_site());
         quote! {
@@ -293,15 +293,29 @@ fn postcard_schema(input: &Input, name: &LitStr) -> TokenStream {
                 type_name: #type_name,
                 offset: 0,
                 size: 0,
-                kind: ::shmbus::__private::FieldKind::Opaque,
+                kind: #kind,
             }
         }
     };
+    let opaque = || quote!(::shmbus::__private::FieldKind::Opaque);
     let fields: Vec<TokenStream> = match &input.data {
+        // A field whose type is itself a message records that message's schema (nested
+        // structs); others are described by their type text.
         Data::Struct(shape) => shape
             .fields
             .iter()
-            .map(|f| text_field(f.name(), tokens_without_whitespace(f.ty)))
+            .map(|f| {
+                let field_ty = described_type(f.ty);
+                text_field(
+                    f.name(),
+                    tokens_without_whitespace(f.ty),
+                    quote!({
+                        #[allow(unused_imports)]
+                        use ::shmbus::__private::SerdeFieldFallback as _;
+                        ::shmbus::__private::SerdeField::<#field_ty>::KIND
+                    }),
+                )
+            })
             .collect(),
         Data::Enum(variants) => variants
             .iter()
@@ -322,7 +336,11 @@ fn postcard_schema(input: &Input, name: &LitStr) -> TokenStream {
                     crate::ast::Style::Tuple => format!("({})", types.join(",")),
                     crate::ast::Style::Named => format!("{{{}}}", types.join(",")),
                 };
-                text_field(v.ident.unraw().to_string(), format!("variant{shape}"))
+                text_field(
+                    v.ident.unraw().to_string(),
+                    format!("variant{shape}"),
+                    opaque(),
+                )
             })
             .collect(),
         Data::Union(_) => Vec::new(),
@@ -370,6 +388,53 @@ fn contains_raw_pointer(ty: &Type) -> bool {
         Type::Group(group) => contains_raw_pointer(&group.elem),
         Type::Paren(paren) => contains_raw_pointer(&paren.elem),
         _ => false,
+    }
+}
+
+/// The type whose schema a serialized field records: the field's type, or for a standard
+/// container (`Vec<T>`, `Option<T>`, `Box<T>`, maps: the value type, arrays, slices,
+/// references) the element type, recursively. `Vec<Leg>` records `Leg`'s schema, so that a
+/// tool can decode the elements; the field's type text still says it is a `Vec`.
+fn described_type(ty: &Type) -> &Type {
+    const CONTAINERS: &[&str] = &[
+        "Vec",
+        "VecDeque",
+        "LinkedList",
+        "BinaryHeap",
+        "HashSet",
+        "BTreeSet",
+        "HashMap",
+        "BTreeMap",
+        "Option",
+        "Box",
+        "Rc",
+        "Arc",
+    ];
+    match ty {
+        Type::Array(a) => described_type(&a.elem),
+        Type::Slice(s) => described_type(&s.elem),
+        Type::Reference(r) => described_type(&r.elem),
+        Type::Paren(p) => described_type(&p.elem),
+        Type::Group(g) => described_type(&g.elem),
+        Type::Path(p) if p.qself.is_none() => {
+            let Some(last) = p.path.segments.last() else {
+                return ty;
+            };
+            if !CONTAINERS.iter().any(|c| last.ident == c) {
+                return ty;
+            }
+            let syn::PathArguments::AngleBracketed(args) = &last.arguments else {
+                return ty;
+            };
+            match args.args.iter().rev().find_map(|a| match a {
+                syn::GenericArgument::Type(t) => Some(t),
+                _ => None,
+            }) {
+                Some(inner) => described_type(inner),
+                None => ty,
+            }
+        }
+        _ => ty,
     }
 }
 

@@ -116,7 +116,7 @@ pub(crate) enum Mapping {
 }
 
 impl Mapping {
-    fn base(&self) -> NonNull<u8> {
+    pub(crate) fn base(&self) -> NonNull<u8> {
         let p = match self {
             Mapping::Mmap(m) => m.as_mut_ptr(),
             Mapping::Sysv(m) => m.as_ptr(),
@@ -124,7 +124,7 @@ impl Mapping {
         NonNull::new(p).expect("a mapping is never at address 0")
     }
 
-    fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         match self {
             Mapping::Mmap(m) => m.len(),
             Mapping::Sysv(m) => m.len(),
@@ -436,13 +436,9 @@ pub(crate) fn copy_header(base: NonNull<u8>, len: usize) -> Header {
 
 /// Copies the header out of a read-only mapping and validates it against the segment's
 /// `size` (for observers that do not attach).
-pub(crate) fn read_header(
-    map: &memmap2::MmapRaw,
-    size: u64,
-) -> Result<(Header, Geometry), SegmentError> {
+pub(crate) fn read_header(map: &Mapping, size: u64) -> Result<(Header, Geometry), SegmentError> {
     assert!(size as usize <= map.len());
-    let base = NonNull::new(map.as_mut_ptr()).expect("mapping is not null");
-    let header = copy_header(base, map.len());
+    let header = copy_header(map.base(), map.len());
     let geometry = Geometry::from_header(&header, size).map_err(SegmentError::Corrupt)?;
     Ok((header, geometry))
 }

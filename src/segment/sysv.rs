@@ -206,3 +206,19 @@ fn create(key: i32, file: File, lock_path: &Path, spec: &Spec) -> Result<Segment
     };
     Segment::create(map, file, backing, spec)
 }
+
+/// Removes the segment with `key` and its lock file `lock_path` if no handle holds them.
+/// Holding the lifetime lock exclusively while removing keeps openers out (they see the lock
+/// file unlinked and start over). Returns whether it removed them.
+pub(crate) fn remove_if_unused(lock_path: &Path, key: i32) -> io::Result<bool> {
+    let file = open_lock_file(lock_path, false, 0)?;
+    if !lock::try_lock(file.as_fd(), LIFE_LOCK, lock::Kind::Exclusive)? {
+        return Ok(false);
+    }
+    if let Some(id) = shm::sysv_lookup(key)? {
+        shm::sysv_remove(id)?;
+    }
+    let removed = unlink_if_same(lock_path, &file)?;
+    tracing::info!(key, "removed a stale System V segment");
+    Ok(removed)
+}

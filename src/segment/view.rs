@@ -9,17 +9,17 @@
 //! Liveness comes from the locks of the real handles: a participant is alive while its
 //! entry lock is held, a segment is stale when nobody holds its lifetime lock.
 
-use std::fs::File;
+use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::fd::AsFd;
-
-use memmap2::MmapRaw;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::Path;
 
 use super::layout::{
     Control, Counters, Geometry, Header, Participant, SlotHeader, CONTROL_OFFSET, HEADER_SIZE,
     READY, READY_OFFSET,
 };
-use super::mapped::{entry_index, entry_lock, read_header, SegmentError, LIFE_LOCK};
+use super::mapped::{entry_index, entry_lock, read_header, Mapping, SegmentError, LIFE_LOCK};
 use super::Role;
 use crate::sync::{fence, AtomicU32, Ordering};
 use crate::sys::{lock, shm};
@@ -27,7 +27,7 @@ use crate::sys::{lock, shm};
 /// A read-only mapping of a valid, ready segment.
 pub(crate) struct SegmentView {
     file: File,
-    map: MmapRaw,
+    map: Mapping,
     header: Header,
     geometry: Geometry,
 }
@@ -48,21 +48,67 @@ impl SegmentView {
                 "smaller than a header (being created, or not a shmbus segment)".into(),
             ));
         }
-        let map =
-            shm::map_read_only(&file, st.size as usize).map_err(|e| SegmentError::Io("mmap", e))?;
+        let map = Mapping::Mmap(
+            shm::map_read_only(&file, st.size as usize).map_err(|e| SegmentError::Io("mmap", e))?,
+        );
+        Self::validate(file, map, st.size)
+    }
+
+    /// Opens the System V segment with `key`, whose companion lock file (holding the
+    /// handles' locks) is `lock_path`; attaches it read-only and validates its header.
+    pub(crate) fn open_sysv(lock_path: &Path, key: i32) -> Result<SegmentView, SegmentError> {
+        let file = OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC | libc::O_NONBLOCK)
+            .open(lock_path)
+            .map_err(|e| match e.kind() {
+                io::ErrorKind::NotFound => SegmentError::NotFound,
+                _ => SegmentError::Io("open lock file", e),
+            })?;
+        if !file
+            .metadata()
+            .map_err(|e| SegmentError::Io("fstat", e))?
+            .is_file()
+        {
+            return Err(SegmentError::Corrupt(
+                "lock file is not a regular file".into(),
+            ));
+        }
+        let id = shm::sysv_lookup(key)
+            .map_err(|e| SegmentError::Io("shmget", e))?
+            .ok_or(SegmentError::NotFound)?;
+        let size = shm::sysv_stat(id)
+            .map_err(|e| SegmentError::Io("shmctl", e))?
+            .size;
+        if size < HEADER_SIZE as u64 {
+            return Err(SegmentError::Corrupt(
+                "smaller than a header (not a shmbus segment)".into(),
+            ));
+        }
+        let map = Mapping::Sysv(
+            shm::sysv_attach_read_only(id, size).map_err(|e| SegmentError::Io("shmat", e))?,
+        );
+        Self::validate(file, map, size)
+    }
+
+    fn validate(file: File, map: Mapping, size: u64) -> Result<SegmentView, SegmentError> {
         // SAFETY: the mapping holds at least HEADER_SIZE bytes and is page aligned, so the
         // ready word is in bounds and aligned; it is only accessed atomically.
-        let ready = unsafe { &*(map.as_ptr().add(READY_OFFSET) as *const AtomicU32) };
+        let ready = unsafe { &*(map.base().as_ptr().add(READY_OFFSET) as *const AtomicU32) };
         if ready.load(Ordering::Acquire) != READY {
             return Err(SegmentError::Corrupt("not initialised (yet)".into()));
         }
-        let (header, geometry) = read_header(&map, st.size)?;
+        let (header, geometry) = read_header(&map, size)?;
         Ok(SegmentView {
             file,
             map,
             header,
             geometry,
         })
+    }
+
+    fn base(&self) -> *mut u8 {
+        self.map.base().as_ptr()
     }
 
     pub(crate) fn header(&self) -> &Header {
@@ -92,7 +138,7 @@ impl SegmentView {
         // bytes is fine whatever they are.
         unsafe {
             std::ptr::copy_nonoverlapping(
-                self.map.as_ptr().add(g.schema_offset as usize),
+                self.base().add(g.schema_offset as usize),
                 out.as_mut_ptr(),
                 out.len(),
             );
@@ -102,7 +148,7 @@ impl SegmentView {
 
     pub(crate) fn control(&self) -> &Control {
         // SAFETY: as in PosixSegment::control: in bounds, aligned, atomics only (read here).
-        unsafe { &*(self.map.as_ptr().add(CONTROL_OFFSET) as *const Control) }
+        unsafe { &*(self.base().add(CONTROL_OFFSET) as *const Control) }
     }
 
     pub(crate) fn participant(&self, role: Role, index: u32) -> &Participant {
@@ -110,21 +156,21 @@ impl SegmentView {
         let offset = g.participants_offset + entry_index(g, role, index) * 64;
         // SAFETY: as in PosixSegment::participant: the index is in range (asserted by
         // entry_index), so the entry lies in the validated mapping; aligned; atomics only.
-        unsafe { &*(self.map.as_ptr().add(offset as usize) as *const Participant) }
+        unsafe { &*(self.base().add(offset as usize) as *const Participant) }
     }
 
     pub(crate) fn counters(&self, role: Role, index: u32) -> &Counters {
         let g = &self.geometry;
         let offset = g.counters_offset + entry_index(g, role, index) * 64;
         // SAFETY: as in PosixSegment::counters.
-        unsafe { &*(self.map.as_ptr().add(offset as usize) as *const Counters) }
+        unsafe { &*(self.base().add(offset as usize) as *const Counters) }
     }
 
     pub(crate) fn slot(&self, pos: u64) -> &SlotHeader {
         let g = &self.geometry;
         let offset = g.ring_offset + (pos & (g.capacity - 1)) * g.stride;
         // SAFETY: as in PosixSegment::slot: the masked index is below capacity.
-        unsafe { &*(self.map.as_ptr().add(offset as usize) as *const SlotHeader) }
+        unsafe { &*(self.base().add(offset as usize) as *const SlotHeader) }
     }
 
     /// A racy snapshot of the message committed at position `pos`, without taking it:
@@ -153,7 +199,7 @@ impl SegmentView {
             // mapping. A sender may be writing these bytes concurrently (once it reclaimed
             // the slot); volatile reads of `u8` observe some value, and the sequence word is
             // re-checked below, which discards any such copy.
-            *b = unsafe { std::ptr::read_volatile(self.map.as_ptr().add(base as usize + i)) };
+            *b = unsafe { std::ptr::read_volatile(self.base().add(base as usize + i)) };
         }
         // SYNC POINT: the copy happens-before the re-check (seqlock reader).
         fence(Ordering::Acquire);

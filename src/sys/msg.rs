@@ -64,6 +64,23 @@ impl MsgQueue {
         Ok((MsgQueue { id }, false))
     }
 
+    /// `(messages waiting, queue size limit in bytes, pid of the last msgsnd, pid of the
+    /// last msgrcv)` (`IPC_STAT`; pids are 0 before the first call).
+    pub(crate) fn stat(&self) -> io::Result<(u64, u64, u32, u32)> {
+        // SAFETY: `msqid_ds` is a plain C struct for which all-zero is valid.
+        let mut ds: libc::msqid_ds = unsafe { std::mem::zeroed() };
+        // SAFETY: `ds` is a valid, writable msqid_ds that IPC_STAT fills.
+        if unsafe { libc::msgctl(self.id, libc::IPC_STAT, &mut ds) } == -1 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok((
+            ds.msg_qnum as u64,
+            ds.msg_qbytes as u64,
+            ds.msg_lspid as u32,
+            ds.msg_lrpid as u32,
+        ))
+    }
+
     /// Removes the queue (`IPC_RMID`).
     pub(crate) fn remove(self) -> io::Result<()> {
         // SAFETY: IPC_RMID ignores the buffer argument.

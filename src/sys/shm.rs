@@ -215,6 +215,21 @@ pub(crate) fn sysv_attach(id: i32, len: u64) -> io::Result<SysvMap> {
 
 /// Marks segment `id` for removal (`IPC_RMID`): it goes once the last process detaches,
 /// and its key is free at once.
+/// Attaches segment `id` (of `len` bytes) read-only, for observers.
+pub(crate) fn sysv_attach_read_only(id: i32, len: u64) -> io::Result<SysvMap> {
+    // SAFETY: as in `sysv_attach`; SHM_RDONLY maps the pages without write permission.
+    let p = unsafe { libc::shmat(id, std::ptr::null(), libc::SHM_RDONLY) };
+    if p as isize == -1 {
+        return Err(io::Error::last_os_error());
+    }
+    let ptr = std::ptr::NonNull::new(p.cast::<u8>())
+        .ok_or_else(|| io::Error::other("shmat returned null"))?;
+    Ok(SysvMap {
+        ptr,
+        len: len as usize,
+    })
+}
+
 pub(crate) fn sysv_remove(id: i32) -> io::Result<()> {
     // SAFETY: IPC_RMID ignores the buffer argument.
     if unsafe { libc::shmctl(id, libc::IPC_RMID, std::ptr::null_mut()) } == -1 {

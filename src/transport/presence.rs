@@ -256,3 +256,74 @@ impl Drop for Presence {
         self.detach();
     }
 }
+
+/// What an observer reads from a presence file, without attaching.
+pub(crate) struct Described {
+    pub(crate) encoding: u32,
+    pub(crate) type_name: String,
+    /// Some handle holds the file.
+    pub(crate) in_use: bool,
+    /// A sender / a receiver is attached now.
+    pub(crate) sender: bool,
+    pub(crate) receiver: bool,
+    /// A sender / a receiver attached at some point.
+    pub(crate) seen: (bool, bool),
+    /// Lock bytes of the sender and the receiver.
+    pub(crate) lock_bytes: (u64, u64),
+}
+
+/// Reads the presence file at `path` and looks at its locks (opened read-only; takes none).
+pub(crate) fn describe(path: &std::path::Path) -> io::Result<Described> {
+    let file = OpenOptions::new()
+        .read(true)
+        .custom_flags(fd::O_NOFOLLOW)
+        .open(path)?;
+    if !file.metadata()?.is_file() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "not a regular file",
+        ));
+    }
+    let mut h = [0u8; HEADER];
+    if file.read_exact_at(&mut h, 0).is_err() || h[..8] != MAGIC {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "not a shmbus presence file (or still being written)",
+        ));
+    }
+    let n = (u16::from_le_bytes([h[26], h[27]]) as usize).min(HEADER - 32);
+    let held = |b| lock::is_held_by_other(file.as_fd(), b);
+    Ok(Described {
+        encoding: u32::from_le_bytes(h[8..12].try_into().expect("4")),
+        type_name: String::from_utf8_lossy(&h[32..32 + n]).into_owned(),
+        in_use: held(LIFE)?,
+        sender: held(role_byte(Role::Sender))?,
+        receiver: held(role_byte(Role::Receiver))?,
+        seen: (
+            h[seen_offset(Role::Sender) as usize] == 1,
+            h[seen_offset(Role::Receiver) as usize] == 1,
+        ),
+        lock_bytes: (role_byte(Role::Sender), role_byte(Role::Receiver)),
+    })
+}
+
+/// Removes the presence file at `path` and, first, its queue (`remove_queue`), if no handle
+/// holds it. Holding the lifetime byte exclusively while removing keeps attachers out (they
+/// see the file unlinked and start over). Returns whether it removed them.
+pub(crate) fn remove_if_unused(
+    path: &std::path::Path,
+    remove_queue: impl FnOnce(),
+) -> io::Result<bool> {
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(fd::O_NOFOLLOW)
+        .open(path)?;
+    if !lock::try_lock(file.as_fd(), LIFE, lock::Kind::Exclusive)? {
+        return Ok(false);
+    }
+    remove_queue();
+    let removed = crate::segment::mapped::unlink_if_same(path, &file)?;
+    tracing::info!(path = %path.display(), "removed a stale queue");
+    Ok(removed)
+}

@@ -398,6 +398,54 @@ impl Control {
     }
 }
 
+/// What an observer reads from a log's control file, without opening the log.
+pub(crate) struct Described {
+    pub(crate) encoding: u32,
+    pub(crate) type_name: String,
+    /// Records published so far (the next sequence number).
+    pub(crate) committed: u64,
+    /// First sequence number still kept (of the oldest segment).
+    pub(crate) oldest: u64,
+    /// A writer holds the log now.
+    pub(crate) writer: bool,
+    pub(crate) writer_lock: u64,
+    pub(crate) readers_lock: u64,
+}
+
+/// Reads the control file of the log in `dir` (read-only; takes no lock).
+pub(crate) fn describe(dir: &Path) -> io::Result<Described> {
+    let path = dir.join(CTL_NAME);
+    let file = OpenOptions::new()
+        .read(true)
+        .custom_flags(fd::O_NOFOLLOW)
+        .open(&path)?;
+    let bad = || io::Error::new(io::ErrorKind::InvalidData, "not a shmbus log control file");
+    let meta = file.metadata()?;
+    if !meta.is_file() || (meta.len() as usize) < CTL_LEN {
+        return Err(bad());
+    }
+    let mut h = [0u8; OFF_COMMITTED + 8];
+    file.read_exact_at(&mut h, 0)?;
+    if h[..8] != CTL_MAGIC {
+        return Err(bad());
+    }
+    let n = (u16::from_le_bytes([h[24], h[25]]) as usize).min(CTL_NAME_MAX);
+    let committed = u64::from_le_bytes(
+        h[OFF_COMMITTED..OFF_COMMITTED + 8]
+            .try_into()
+            .expect("8 bytes"),
+    );
+    Ok(Described {
+        encoding: u32::from_le_bytes(h[8..12].try_into().expect("4")),
+        type_name: String::from_utf8_lossy(&h[32..32 + n]).into_owned(),
+        committed,
+        oldest: segments(dir)?.first().copied().unwrap_or(committed),
+        writer: lock::is_held_by_other(file.as_fd(), LOCK_WRITER)?,
+        writer_lock: LOCK_WRITER,
+        readers_lock: LOCK_READERS,
+    })
+}
+
 // ---- segments --------------------------------------------------------------------------
 
 /// One open segment file.

@@ -31,7 +31,11 @@
 
 use std::io;
 
+mod procfs;
+mod scan;
+
 pub use crate::channel::raw::{RawSendError, RawSender};
+pub use scan::{clean_stale, scan, Endpoint, Peer, Removed, Scan, Transport};
 
 use crate::message::Encoding;
 use crate::name;
@@ -118,9 +122,10 @@ pub struct ParticipantInfo {
 pub struct ChannelInfo {
     /// The channel name (without prefix).
     pub name: String,
-    /// The shared-memory object name (with prefix).
+    /// The shared-memory object name (with prefix), or for a System V segment the path of
+    /// its companion lock file.
     pub object: String,
-    /// Where the channel lives (`"posix-shm"`).
+    /// Where the channel lives: `"posix-shm"` or `"sysv-shm"`.
     pub transport: &'static str,
     /// Delivery mode.
     pub mode: Mode,
@@ -313,7 +318,24 @@ pub fn remove_stale(prefix: &str, name: &str) -> Result<bool, InspectError> {
 pub struct Observer {
     name: String,
     object: String,
+    transport: &'static str,
     view: SegmentView,
+}
+
+/// The name `list` shows for the System V segment with `key` (the channel name cannot be
+/// recovered from the key).
+pub(crate) fn sysv_shm_name(key: i32) -> String {
+    format!("sysv-shm-{key:08x}")
+}
+
+/// The key of a System V segment named as [`sysv_shm_name`] shows it, or else derived from
+/// the channel name as the library derives it.
+fn sysv_key_of(name: &str, object: &str) -> i32 {
+    name.strip_prefix("sysv-shm-")
+        .filter(|h| h.len() == 8)
+        .and_then(|h| i32::from_str_radix(h, 16).ok())
+        .filter(|k| *k > 0)
+        .unwrap_or_else(|| crate::transport::sysv_mq::key_for(object))
 }
 
 /// What [`Observer::snapshot`] found at a position.
@@ -330,7 +352,9 @@ pub enum Observed {
 }
 
 impl Observer {
-    /// Opens channel `name` (object `/dev/shm/<prefix><name>`) read-only.
+    /// Opens channel `name` read-only: the POSIX object `/dev/shm/<prefix><name>` if there
+    /// is one, otherwise the System V segment of that name (its key derived from the name,
+    /// or given as `sysv-shm-<key in 8 hex digits>`, the name [`scan`] shows).
     ///
     /// # Errors
     ///
@@ -338,10 +362,44 @@ impl Observer {
     /// read (another layout version, corrupt, still being created).
     pub fn open(prefix: &str, name: &str) -> Result<Observer, InspectError> {
         let object = object_of(prefix, name)?;
-        let view = SegmentView::open(&object).map_err(|e| map_err(name, &object, e))?;
+        match SegmentView::open(&object) {
+            Ok(view) => Ok(Observer {
+                name: name.to_owned(),
+                object,
+                transport: "posix-shm",
+                view,
+            }),
+            Err(SegmentError::NotFound) => {
+                let key = sysv_key_of(name, &object);
+                let lock = crate::segment::sysv::lock_path(prefix, key);
+                match SegmentView::open_sysv(&lock, key) {
+                    Ok(view) => Ok(Observer {
+                        name: name.to_owned(),
+                        object: lock.display().to_string(),
+                        transport: "sysv-shm",
+                        view,
+                    }),
+                    Err(e) => Err(map_err(name, &object, e)),
+                }
+            }
+            Err(e) => Err(map_err(name, &object, e)),
+        }
+    }
+
+    /// Opens the System V segment with `key` read-only (its lock file named after `prefix`).
+    ///
+    /// # Errors
+    ///
+    /// As [`open`](Self::open).
+    pub fn open_sysv(prefix: &str, key: i32) -> Result<Observer, InspectError> {
+        let name = sysv_shm_name(key);
+        let lock = crate::segment::sysv::lock_path(prefix, key);
+        let object = lock.display().to_string();
+        let view = SegmentView::open_sysv(&lock, key).map_err(|e| map_err(&name, &object, e))?;
         Ok(Observer {
-            name: name.to_owned(),
+            name,
             object,
+            transport: "sysv-shm",
             view,
         })
     }
@@ -450,7 +508,7 @@ impl Observer {
         ChannelInfo {
             name: self.name.clone(),
             object: self.object.clone(),
-            transport: "posix-shm",
+            transport: self.transport,
             mode: if h.mode == mode::BROADCAST {
                 Mode::Broadcast
             } else {
