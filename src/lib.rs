@@ -160,10 +160,10 @@ pub use error::{
 pub use message::{
     fingerprint, DecodeError, EncodeError, Encoding, Message, MessageInfo, Pod, ZeroCopy,
 };
-pub use name::MAX_NAME_LEN;
+pub use name::{MAX_NAME_LEN, MAX_PATH, MAX_SOCKET_PATH};
 pub use options::{
     Delivery, Options, Overflow, DEFAULT_CAPACITY, DEFAULT_CONNECT_TIMEOUT,
-    DEFAULT_MAX_MESSAGE_SIZE, DEFAULT_MAX_PARTICIPANTS, DEFAULT_PREFIX, DEFAULT_SPIN,
+    DEFAULT_MAX_MESSAGE_SIZE, DEFAULT_MAX_PARTICIPANTS, DEFAULT_PREFIX, DEFAULT_SPIN, MAX_CAPACITY,
 };
 pub use schema::{
     FieldDesc, FieldKind, KindDesc, Schema, SchemaDesc, SchemaError, SchemaField, MAX_SCHEMA_LEN,

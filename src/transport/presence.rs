@@ -28,6 +28,7 @@ use super::{LinkOpenError, Wire};
 use crate::error::TypeDesc;
 use crate::message::Encoding;
 use crate::segment::Role;
+use crate::sys::perm::Access;
 use crate::sys::{fd, lock};
 
 const MAGIC: [u8; 8] = *b"SHMBUSP1";
@@ -93,6 +94,17 @@ fn header(wire: &Wire) -> [u8; HEADER] {
     h
 }
 
+/// The error for a presence file that cannot be opened: a symbolic link is the wrong kind.
+fn refused(path: &std::path::Path, op: &'static str, e: io::Error) -> LinkOpenError {
+    if e.raw_os_error() == Some(fd::ELOOP) {
+        return LinkOpenError::WrongKind(format!(
+            "presence file {} is a symbolic link (never followed)",
+            path.display()
+        ));
+    }
+    LinkOpenError::Io(op, e)
+}
+
 impl Presence {
     /// Attaches as `role` to the presence file at `path`, creating it if `create`. Returns
     /// the presence and whether this handle created the file; a creator holds the file
@@ -104,6 +116,7 @@ impl Presence {
         wire: &Wire,
         role: Role,
         create: bool,
+        access: &Access,
     ) -> Result<(Presence, bool), LinkOpenError> {
         let io = |op| move |e| LinkOpenError::Io(op, e);
         let start = Instant::now();
@@ -120,20 +133,21 @@ impl Presence {
                     .read(true)
                     .write(true)
                     .create_new(true)
-                    .mode(0o600)
+                    .mode(access.mode & 0o777)
                     .custom_flags(fd::O_NOFOLLOW)
                     .open(&path)
                 {
                     Ok(f) => {
                         lock::lock_wait(f.as_fd(), LIFE, lock::Kind::Exclusive)
                             .map_err(io("lock"))?;
+                        access.apply_fd(f.as_fd(), false).map_err(io("fchmod"))?;
                         f.write_all_at(&header(wire), 0).map_err(io("write"))?;
                         // Stays exclusive until the caller has set up the queue (`share`).
                         created = true;
                         Some(f)
                     }
                     Err(e) if e.kind() == io::ErrorKind::AlreadyExists => None,
-                    Err(e) => return Err(LinkOpenError::Io("create", e)),
+                    Err(e) => return Err(refused(&path, "create", e)),
                 }
             } else {
                 None
@@ -153,10 +167,22 @@ impl Presence {
                         }
                         return Err(LinkOpenError::NotFound(path.display().to_string()));
                     }
-                    Err(e) => return Err(LinkOpenError::Io("open", e)),
+                    Err(e) => return Err(refused(&path, "open", e)),
                 },
             };
             if !created {
+                // Before anything is locked or read: whose is it, and is it a file?
+                access
+                    .check_fd(file.as_fd())
+                    .map_err(|e| LinkOpenError::perm(path.display(), e))?;
+                let kind = file.metadata().map_err(io("fstat"))?.file_type();
+                if !kind.is_file() {
+                    return Err(LinkOpenError::WrongKind(format!(
+                        "presence file {} is {}",
+                        path.display(),
+                        super::kind_name(&kind)
+                    )));
+                }
                 lock::lock_wait(file.as_fd(), LIFE, lock::Kind::Shared).map_err(io("lock"))?;
                 let meta = file.metadata().map_err(io("fstat"))?;
                 if meta.nlink() == 0 {
