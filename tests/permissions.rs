@@ -746,6 +746,64 @@ fn process_of_another_user_gets_typed_errors() {
     expect(&rx, 0..2);
 }
 
+/// Sharing with another user through a group: root creates channels with
+/// `Options::group(65534)`; a process running as uid 65534 (group 65534) opens them with
+/// the same option and receives what root sent (a Unix-socket receiver in root accepts the
+/// sender because its primary group is 65534; the sender accepts root with `allow_uid(0)`).
+#[test]
+fn group_shares_a_channel_with_another_user() {
+    if !root_or_skip("group_shares_a_channel_with_another_user") {
+        return;
+    }
+    let kinds = ["shm", "sysv_shm", "posix_mq", "sysv_mq", "file", "unix"];
+    let mut chans = Vec::new();
+    let mut senders = Vec::new();
+    let mut receivers = Vec::new();
+    for kind in kinds {
+        let c = Chan::new("share", kind);
+        let mut o = c.options();
+        o.group(NOBODY);
+        if kind == "unix" {
+            receivers.push(Receiver::<Msg>::open_or_create(&c.name, &o).unwrap());
+        } else {
+            let tx = Sender::<Msg>::open_or_create(&c.name, &o).unwrap();
+            send(&tx, 0..3);
+            senders.push(tx);
+        }
+        chans.push(c);
+    }
+    let mut cmd = Command::new(std::env::current_exe().unwrap());
+    cmd.args(["--exact", "child_main", "--nocapture", "--test-threads=1"])
+        .env(ROLE_VAR, "member")
+        .env(
+            "SHMBUS_PERM_CHANS",
+            chans
+                .iter()
+                .map(|c| format!("{}={}={}={}", c.kind, c.name, c.key, c.path.display()))
+                .collect::<Vec<_>>()
+                .join(";"),
+        );
+    std::os::unix::process::CommandExt::uid(&mut cmd, NOBODY);
+    std::os::unix::process::CommandExt::gid(&mut cmd, NOBODY);
+    let out = cmd.output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "member failed: {}\n{stdout}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for kind in kinds {
+        assert!(
+            stdout.contains(&format!("@@ {kind} exchanged 3")),
+            "{kind}: {stdout}"
+        );
+    }
+    for rx in &receivers {
+        expect(rx, 0..3);
+    }
+}
+
 /// Runs a child role (`SHMBUS_PERM_ROLE`); a no-op in the parent.
 #[test]
 fn child_main() {
@@ -788,6 +846,32 @@ fn child_main() {
                     Err(e) => format!("Other {e:?}"),
                 };
                 println!("@@ {kind} {word} {r:?}");
+                std::mem::forget(c); // the parent's objects are not ours to remove
+            }
+        }
+        "member" => {
+            let spec = std::env::var("SHMBUS_PERM_CHANS").unwrap();
+            for item in spec.split(';') {
+                let mut it = item.split('=');
+                let k = it.next().unwrap();
+                let kind: &'static str = KINDS.into_iter().find(|x| *x == k).unwrap();
+                let c = Chan {
+                    kind,
+                    name: it.next().unwrap().to_owned(),
+                    key: it.next().unwrap().parse().unwrap(),
+                    path: PathBuf::from(it.next().unwrap()),
+                };
+                let mut o = c.options();
+                o.group(NOBODY);
+                if kind == "unix" {
+                    o.allow_uid(0);
+                    let tx = Sender::<Msg>::open(&c.name, &o).unwrap();
+                    send(&tx, 0..3);
+                } else {
+                    let rx = Receiver::<Msg>::open(&c.name, &o).unwrap();
+                    expect(&rx, 0..3);
+                }
+                println!("@@ {kind} exchanged 3");
                 std::mem::forget(c); // the parent's objects are not ours to remove
             }
         }
