@@ -252,7 +252,7 @@ fn posix_queue_count_limit_is_limit_reached() {
 
 /// Rows "POSIX queue full", "message larger than the transport allows" (POSIX queue): a
 /// queue holds `fs.mqueue.msg_max` (10) messages whatever the capacity asked for; the 11th
-/// `try_send` is `Full` and hands the message back; a serialized message over
+/// `try_send` is `Full`, `send_timeout` is `Timeout`, both hand the message back; a serialized message over
 /// `msgsize_max` (8 KiB) is `Encode(TooLarge)`; a zero-copy type over 8 KiB is refused at
 /// open. All ten are then received.
 #[test]
@@ -266,6 +266,10 @@ fn posix_queue_full_and_too_large() {
     match tx.try_send(Msg { seq: 10 }) {
         Err(TrySendError::Full(m)) => assert_eq!(m.seq, 10),
         other => panic!("expected Full, got {other:?}"),
+    }
+    match tx.send_timeout(Msg { seq: 10 }, Duration::from_millis(20)) {
+        Err(shmbus::SendTimeoutError::Timeout(m)) => assert_eq!(m.seq, 10),
+        other => panic!("expected Timeout, got {other:?}"),
     }
     let r = Sender::<PagePlus>::open_or_create(&unique("pmq-big").0, &o).map(drop);
     assert!(matches!(r, Err(OpenError::InvalidOptions { .. })), "{r:?}");

@@ -811,11 +811,8 @@ fn child_main() {
         return;
     };
     // SAFETY: geteuid has no preconditions.
-    assert_eq!(
-        unsafe { libc::geteuid() },
-        NOBODY,
-        "children run as {NOBODY}"
-    );
+    let euid = unsafe { libc::geteuid() };
+    assert_eq!(euid, NOBODY, "children run as {NOBODY}");
     match role.as_str() {
         "intruder" => {
             let spec = std::env::var("SHMBUS_PERM_CHANS").unwrap();
