@@ -185,6 +185,7 @@ pub enum OpenError {
     },
 }
 
+#[cfg(not(shmbus_loom))]
 impl OpenError {
     /// The error for a failed system call: permission and limit errors get their own
     /// variants, the rest is [`OpenError::Io`].

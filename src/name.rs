@@ -56,6 +56,7 @@ pub const MAX_PATH: usize = 4095;
 
 /// Checks a path or abstract name that a transport names its objects by: not empty, no NUL
 /// byte, not longer than the kernel takes.
+#[cfg(not(shmbus_loom))]
 fn check_path(bytes: &[u8], what: &'static str, max: usize) -> Result<(), OpenError> {
     let bad = |reason: String| OpenError::InvalidName {
         name: String::from_utf8_lossy(bytes).into_owned(),

@@ -269,6 +269,7 @@ impl Options {
     }
 
     /// The permission policy for the objects this handle creates and opens.
+    #[cfg(not(shmbus_loom))]
     pub(crate) fn access(&self) -> crate::sys::perm::Access {
         crate::sys::perm::Access {
             mode: self.file_mode,
@@ -296,6 +297,7 @@ impl Options {
     }
 }
 
+#[cfg(not(shmbus_loom))]
 impl Options {
     /// Checks what every transport requires of the options (one place, before any object
     /// is touched): a capacity of 1 to [`MAX_CAPACITY`] slots.

@@ -247,6 +247,7 @@ pub(crate) enum LinkOpenError {
     Io(&'static str, std::io::Error),
 }
 
+#[cfg(not(shmbus_loom))]
 impl LinkOpenError {
     /// The error for an object that failed the owner check.
     pub(crate) fn perm(object: impl std::fmt::Display, e: crate::sys::perm::PermError) -> Self {
