@@ -804,15 +804,84 @@ fn group_shares_a_channel_with_another_user() {
     }
 }
 
+fn chan_spec(c: &Chan) -> String {
+    format!("{}={}={}={}", c.kind, c.name, c.key, c.path.display())
+}
+
+fn chan_from_spec(item: &str) -> Chan {
+    let mut it = item.split('=');
+    let k = it.next().unwrap();
+    Chan {
+        kind: KINDS.into_iter().find(|x| *x == k).unwrap(),
+        name: it.next().unwrap().to_owned(),
+        key: it.next().unwrap().parse().unwrap(),
+        path: PathBuf::from(it.next().unwrap()),
+    }
+}
+
+/// A channel shared through a group outlives a creator of another user that was killed:
+/// a group member (uid 65534), who may not remove the creator's files from the sticky
+/// `/dev/shm` and `/tmp`, takes the left-behind objects over in place and receives the
+/// messages the dead creator sent.
+#[test]
+fn group_member_takes_over_after_the_creator_is_killed() {
+    use std::io::BufRead;
+    if !root_or_skip("group_member_takes_over_after_the_creator_is_killed") {
+        return;
+    }
+    for kind in ["shm", "sysv_shm", "posix_mq", "sysv_mq"] {
+        let c = Chan::new("takeover", kind);
+        let child = |role: &str, as_nobody: bool| {
+            let mut cmd = Command::new(std::env::current_exe().unwrap());
+            cmd.args(["--exact", "child_main", "--nocapture", "--test-threads=1"])
+                .env(ROLE_VAR, role)
+                .env("SHMBUS_PERM_CHANS", chan_spec(&c))
+                .stdin(std::process::Stdio::piped())
+                .stdout(std::process::Stdio::piped());
+            if as_nobody {
+                std::os::unix::process::CommandExt::uid(&mut cmd, NOBODY);
+                std::os::unix::process::CommandExt::gid(&mut cmd, NOBODY);
+            }
+            cmd.spawn().unwrap()
+        };
+        let mut creator = child("creator", false);
+        let mut lines = std::io::BufReader::new(creator.stdout.take().unwrap()).lines();
+        assert!(
+            lines.any(|l| l.unwrap().contains("@@ ready")),
+            "{kind}: the creator never got ready"
+        );
+        creator.kill().unwrap();
+        creator.wait().unwrap();
+        let out = child("taker", true).wait_with_output().unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success() && stdout.contains(&format!("@@ {kind} took over 3")),
+            "{kind}: {stdout}"
+        );
+        // Root may remove what the member could not: the last handle cleans up.
+        let mut o = c.options();
+        o.group(NOBODY);
+        drop(Receiver::<Msg>::open_or_create(&c.name, &o).unwrap());
+        for f in c.files() {
+            assert!(!f.exists(), "{kind}: {} is left", f.display());
+        }
+    }
+}
+
 /// Runs a child role (`SHMBUS_PERM_ROLE`); a no-op in the parent.
 #[test]
 fn child_main() {
     let Ok(role) = std::env::var(ROLE_VAR) else {
         return;
     };
-    // SAFETY: geteuid has no preconditions.
-    let euid = unsafe { libc::geteuid() };
-    assert_eq!(euid, NOBODY, "children run as {NOBODY}");
+    match role.as_str() {
+        "creator" => {}
+        _ => {
+            // SAFETY: geteuid has no preconditions.
+            let euid = unsafe { libc::geteuid() };
+            assert_eq!(euid, NOBODY, "children run as {NOBODY}");
+        }
+    }
     match role.as_str() {
         "intruder" => {
             let spec = std::env::var("SHMBUS_PERM_CHANS").unwrap();
@@ -871,6 +940,29 @@ fn child_main() {
                 println!("@@ {kind} exchanged 3");
                 std::mem::forget(c); // the parent's objects are not ours to remove
             }
+        }
+        "creator" => {
+            let c = chan_from_spec(&std::env::var("SHMBUS_PERM_CHANS").unwrap());
+            let mut o = c.options();
+            o.group(NOBODY);
+            let tx = Sender::<Msg>::open_or_create(&c.name, &o).unwrap();
+            send(&tx, 0..3);
+            println!("@@ ready");
+            // Killed by the parent.
+            let mut line = String::new();
+            let _ = std::io::stdin().read_line(&mut line);
+            std::mem::forget(tx);
+            std::mem::forget(c);
+        }
+        "taker" => {
+            let c = chan_from_spec(&std::env::var("SHMBUS_PERM_CHANS").unwrap());
+            let mut o = c.options();
+            o.group(NOBODY);
+            let rx = Receiver::<Msg>::open_or_create(&c.name, &o).unwrap();
+            expect(&rx, 0..3);
+            println!("@@ {} took over 3", c.kind);
+            drop(rx);
+            std::mem::forget(c);
         }
         "peer_sender" => {
             let name = std::env::var("SHMBUS_PERM_NAME").unwrap();

@@ -192,16 +192,32 @@ impl Presence {
                 let complete = file.read_exact_at(&mut h, 0).is_ok() && h[..8] == MAGIC;
                 let alone = lock::try_lock(file.as_fd(), LIFE, lock::Kind::Exclusive)
                     .map_err(io("lock"))?;
-                if !complete || alone {
-                    if alone {
-                        // Left behind by handles that are gone (or a creator that died while
-                        // writing): start afresh.
-                        let _ = std::fs::remove_file(&path);
-                        continue;
-                    }
+                if !complete && !alone {
                     std::thread::sleep(Duration::from_millis(1));
                     continue;
                 }
+                if alone {
+                    // Left behind by handles that are gone (or a creator that died while
+                    // writing): start afresh.
+                    match std::fs::remove_file(&path) {
+                        Err(e) if e.kind() != io::ErrorKind::NotFound => {
+                            // Another user's file in a sticky directory (`/tmp`), shared
+                            // through a group: not ours to remove, but ours to reuse while
+                            // we hold it exclusively.
+                            if !create {
+                                return Err(LinkOpenError::NotFound(path.display().to_string()));
+                            }
+                            file.set_len(0).map_err(io("truncate"))?;
+                            file.write_all_at(&header(wire), 0).map_err(io("write"))?;
+                            created = true;
+                        }
+                        _ => continue,
+                    }
+                }
+            }
+            if !created {
+                let mut h = [0u8; HEADER];
+                file.read_exact_at(&mut h, 0).map_err(io("read"))?;
                 let encoding = u32::from_le_bytes(h[8..12].try_into().expect("4"));
                 let fingerprint = u64::from_le_bytes(h[12..20].try_into().expect("8"));
                 if encoding != wire.encoding || fingerprint != wire.fingerprint {
