@@ -22,6 +22,13 @@ struct Msg {
     seq: u64,
 }
 
+#[derive(shmbus::Message, Clone, Copy, Debug, PartialEq)]
+#[repr(C)]
+struct Other {
+    a: u32,
+    b: u32,
+}
+
 /// The user and group that tests hand objects to, and run the intruder process as.
 const NOBODY: u32 = 65534;
 const ROLE_VAR: &str = "SHMBUS_PERM_ROLE";
@@ -852,6 +859,14 @@ fn group_member_takes_over_after_the_creator_is_killed() {
         );
         creator.kill().unwrap();
         creator.wait().unwrap();
+        // A member who wants another type may not replace root's left-behind objects: a
+        // typed error at once, not a retry until the timeout.
+        let out = child("taker_other", true).wait_with_output().unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success() && stdout.contains("@@ other TypeMismatch"),
+            "{kind}: {stdout}"
+        );
         let out = child("taker", true).wait_with_output().unwrap();
         let stdout = String::from_utf8_lossy(&out.stdout);
         assert!(
@@ -962,6 +977,16 @@ fn child_main() {
             expect(&rx, 0..3);
             println!("@@ {} took over 3", c.kind);
             drop(rx);
+            std::mem::forget(c);
+        }
+        "taker_other" => {
+            let c = chan_from_spec(&std::env::var("SHMBUS_PERM_CHANS").unwrap());
+            let mut o = c.options();
+            o.group(NOBODY);
+            match Receiver::<Other>::open_or_create(&c.name, &o) {
+                Err(OpenError::TypeMismatch { .. }) => println!("@@ other TypeMismatch"),
+                other => println!("@@ other {:?}", other.map(drop)),
+            }
             std::mem::forget(c);
         }
         "peer_sender" => {

@@ -89,8 +89,14 @@ pub(crate) fn open(object: &str, spec: &Spec, mode: OpenMode) -> Result<Segment,
                 && lock::try_lock(file.as_fd(), LIFE_LOCK, lock::Kind::Exclusive)
                     .map_err(io("lock"))?
             {
-                // Nobody else is in it and it never became ready: remove it.
-                let _ = unlink_if_same(&path, &file);
+                // Nobody else is in it and it never became ready: remove it (unless it is
+                // another user's, in the sticky /dev/shm: then say so rather than wait).
+                match unlink_if_same(&path, &file) {
+                    Err(e) if e.kind() != io::ErrorKind::NotFound => {
+                        return Err(SegmentError::Io("unlink a half-initialised segment", e))
+                    }
+                    _ => {}
+                }
             }
             drop(file);
             std::thread::sleep(Duration::from_millis(1));
@@ -105,8 +111,11 @@ pub(crate) fn open(object: &str, spec: &Spec, mode: OpenMode) -> Result<Segment,
                     .map_err(io("lock"))?;
                 if stale && mode != OpenMode::Open {
                     tracing::info!(object, reason = ?err, "replacing a stale segment");
-                    let _ = unlink_if_same(&path, &file);
-                    continue;
+                    match unlink_if_same(&path, &file) {
+                        Err(e) if e.kind() != io::ErrorKind::NotFound => {}
+                        _ => continue,
+                    }
+                    // Another user's segment in the sticky /dev/shm: not ours to replace.
                 }
                 return Err(err);
             }

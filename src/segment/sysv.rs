@@ -191,7 +191,10 @@ pub(crate) fn open(
         if mode == OpenMode::Open {
             return Err(err);
         }
-        let _ = shm::sysv_remove(id);
+        if shm::sysv_remove(id).is_err() {
+            // Another user's segment: not ours to replace.
+            return Err(err);
+        }
     }
 }
 

@@ -94,6 +94,21 @@ fn header(wire: &Wire) -> [u8; HEADER] {
     h
 }
 
+/// `TypeMismatch` if the header `h` records another type than `wire`'s.
+fn mismatch(h: &[u8; HEADER], wire: &Wire) -> Option<LinkOpenError> {
+    let encoding = u32::from_le_bytes(h[8..12].try_into().expect("4"));
+    let fingerprint = u64::from_le_bytes(h[12..20].try_into().expect("8"));
+    if encoding == wire.encoding && fingerprint == wire.fingerprint {
+        return None;
+    }
+    let n = (u16::from_le_bytes([h[26], h[27]]) as usize).min(HEADER - 32);
+    Some(LinkOpenError::TypeMismatch(TypeDesc {
+        name: String::from_utf8_lossy(&h[32..32 + n]).into_owned(),
+        encoding: Encoding::from_u32(encoding).map_or("unknown", Encoding::name),
+        fingerprint,
+    }))
+}
+
 /// The error for a presence file that cannot be opened: a symbolic link is the wrong kind.
 fn refused(path: &std::path::Path, op: &'static str, e: io::Error) -> LinkOpenError {
     if e.raw_os_error() == Some(fd::ELOOP) {
@@ -204,11 +219,21 @@ impl Presence {
                             // Another user's file in a sticky directory (`/tmp`), shared
                             // through a group: not ours to remove, but ours to reuse while
                             // we hold it exclusively.
+                            // Its queue cannot be removed either and may hold messages:
+                            // reuse it only for the same type.
                             if !create {
                                 return Err(LinkOpenError::NotFound(path.display().to_string()));
                             }
-                            file.set_len(0).map_err(io("truncate"))?;
-                            file.write_all_at(&header(wire), 0).map_err(io("write"))?;
+                            if complete {
+                                if let Some(e) = mismatch(&h, wire) {
+                                    return Err(e);
+                                }
+                                file.write_all_at(&[0, 0], seen_offset(Role::Sender))
+                                    .map_err(io("write"))?;
+                            } else {
+                                file.set_len(0).map_err(io("truncate"))?;
+                                file.write_all_at(&header(wire), 0).map_err(io("write"))?;
+                            }
                             created = true;
                         }
                         _ => continue,
@@ -218,15 +243,8 @@ impl Presence {
             if !created {
                 let mut h = [0u8; HEADER];
                 file.read_exact_at(&mut h, 0).map_err(io("read"))?;
-                let encoding = u32::from_le_bytes(h[8..12].try_into().expect("4"));
-                let fingerprint = u64::from_le_bytes(h[12..20].try_into().expect("8"));
-                if encoding != wire.encoding || fingerprint != wire.fingerprint {
-                    let n = (u16::from_le_bytes([h[26], h[27]]) as usize).min(HEADER - 32);
-                    return Err(LinkOpenError::TypeMismatch(TypeDesc {
-                        name: String::from_utf8_lossy(&h[32..32 + n]).into_owned(),
-                        encoding: Encoding::from_u32(encoding).map_or("unknown", Encoding::name),
-                        fingerprint,
-                    }));
+                if let Some(e) = mismatch(&h, wire) {
+                    return Err(e);
                 }
             }
             if !lock::try_lock(file.as_fd(), role_byte(role), lock::Kind::Exclusive)
