@@ -486,7 +486,15 @@ fn symlinks_and_wrong_kinds_are_refused() {
         Err(OpenError::WrongKind { reason, .. }) => eprintln!("{what}: {reason}"),
         other => panic!("{what}: expected WrongKind, got {other:?}"),
     };
-    let target = std::env::temp_dir().join(format!("shmbus-perm-target-{}", std::process::id()));
+    struct Tree(PathBuf);
+    impl Drop for Tree {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+    let tree =
+        Tree(std::env::temp_dir().join(format!("shmbus-perm-target-{}", std::process::id())));
+    let target = tree.0.clone();
     std::fs::create_dir_all(&target).unwrap();
     let regular = target.join("regular");
     std::fs::write(&regular, b"not a channel").unwrap();
@@ -563,7 +571,6 @@ fn symlinks_and_wrong_kinds_are_refused() {
     let r = Sender::<Msg>::open_or_create(&c.name, &c.options()).map(drop);
     std::fs::remove_dir(&f).unwrap();
     wrong("shm at a directory", r);
-    std::fs::remove_dir_all(&target).unwrap();
 }
 
 /// Names are checked in one place for every transport: `/`, `..`, a NUL byte, too long,
