@@ -462,6 +462,31 @@ fn wrong_version_and_truncated_segment_keep_the_channel() {
     expect(&rx, 3..4);
 }
 
+/// Found while testing: both ends of a queue opening at once for the first time always
+/// meet on one queue. (An opener used to take a presence file whose creator had not locked
+/// it yet for one left behind, remove it and make its own: the two ends then used two
+/// different queues, and one of them waited forever.)
+#[test]
+fn concurrent_first_opens_meet_on_one_queue() {
+    for kind in ["posix_mq", "sysv_mq"] {
+        for round in 0..150u64 {
+            let (name, key) = unique("race");
+            let (o, _g) = options(kind, &name, key);
+            let (n2, o2) = (name.clone(), o.clone());
+            let rx = std::thread::spawn(move || Receiver::<Msg>::open_or_create(&n2, &o2));
+            let tx = Sender::<Msg>::open_or_create(&name, &o).unwrap();
+            let rx = rx.join().unwrap().unwrap();
+            tx.send(Msg { seq: round }).unwrap();
+            let got = rx.recv_timeout(Duration::from_secs(5)).map(|m| m.seq);
+            assert_eq!(
+                got,
+                Ok(round),
+                "{kind} round {round}: the ends did not meet"
+            );
+        }
+    }
+}
+
 /// Runs a child role (`SHMBUS_LIMITS_ROLE`); a no-op in the parent.
 #[test]
 fn child_main() {

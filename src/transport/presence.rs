@@ -10,7 +10,9 @@
 //! 26  name_len u16 LE         32  type name (up to 224 bytes)
 //! ```
 //!
-//! and each handle holds open-file-description locks on it (the same mechanism as the
+//! (the creator writes it to a temporary file that holds the lifetime lock, then links it
+//! into place, so the file never appears unlocked or incomplete), and each handle holds
+//! open-file-description locks on it (the same mechanism as the
 //! shared-memory segment): byte 0 shared by every handle (exclusive while the creator
 //! writes the header, and taken exclusive by the last handle to leave, which removes the
 //! queue and the file), byte 1 exclusive by the sender, byte 2 exclusive by the receiver.
@@ -94,6 +96,38 @@ fn header(wire: &Wire) -> [u8; HEADER] {
     h
 }
 
+/// Creates the presence file complete and locked: the header is written to a temporary
+/// file that holds the lifetime lock exclusively, which is then linked into place. An opener
+/// therefore never sees a file whose creator has not locked it yet (and might take it for
+/// one left behind). `Ok(None)`: a file is already there.
+fn create_locked(path: &std::path::Path, wire: &Wire, access: &Access) -> io::Result<Option<File>> {
+    static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(format!(
+        ".{}.{}.tmp",
+        std::process::id(),
+        SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    ));
+    let tmp = PathBuf::from(tmp);
+    let f = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .mode(access.mode & 0o777)
+        .custom_flags(fd::O_NOFOLLOW)
+        .open(&tmp)?;
+    let linked = lock::lock_wait(f.as_fd(), LIFE, lock::Kind::Exclusive)
+        .and_then(|()| access.apply_fd(f.as_fd(), false))
+        .and_then(|()| f.write_all_at(&header(wire), 0))
+        .and_then(|()| std::fs::hard_link(&tmp, path));
+    let _ = std::fs::remove_file(&tmp);
+    match linked {
+        Ok(()) => Ok(Some(f)),
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
 /// `TypeMismatch` if the header `h` records another type than `wire`'s.
 fn mismatch(h: &[u8; HEADER], wire: &Wire) -> Option<LinkOpenError> {
     let encoding = u32::from_le_bytes(h[8..12].try_into().expect("4"));
@@ -144,24 +178,13 @@ impl Presence {
             }
             let mut created = false;
             let file = if create {
-                match OpenOptions::new()
-                    .read(true)
-                    .write(true)
-                    .create_new(true)
-                    .mode(access.mode & 0o777)
-                    .custom_flags(fd::O_NOFOLLOW)
-                    .open(&path)
-                {
-                    Ok(f) => {
-                        lock::lock_wait(f.as_fd(), LIFE, lock::Kind::Exclusive)
-                            .map_err(io("lock"))?;
-                        access.apply_fd(f.as_fd(), false).map_err(io("fchmod"))?;
-                        f.write_all_at(&header(wire), 0).map_err(io("write"))?;
+                match create_locked(&path, wire, access) {
+                    Ok(Some(f)) => {
                         // Stays exclusive until the caller has set up the queue (`share`).
                         created = true;
                         Some(f)
                     }
-                    Err(e) if e.kind() == io::ErrorKind::AlreadyExists => None,
+                    Ok(None) => None,
                     Err(e) => return Err(refused(&path, "create", e)),
                 }
             } else {
@@ -208,6 +231,7 @@ impl Presence {
                 let alone = lock::try_lock(file.as_fd(), LIFE, lock::Kind::Exclusive)
                     .map_err(io("lock"))?;
                 if !complete && !alone {
+                    // Cannot happen with files made by `create_locked`; another writer's.
                     std::thread::sleep(Duration::from_millis(1));
                     continue;
                 }
