@@ -124,6 +124,55 @@ pub enum OpenError {
         /// The system error.
         source: io::Error,
     },
+    /// The object at the channel's name or path belongs to another user, whom the caller
+    /// did not allow ([`Options::allow_uid`](crate::Options::allow_uid),
+    /// [`Options::allow_any_uid`](crate::Options::allow_any_uid),
+    /// [`Options::group`](crate::Options::group)); or, on a Unix socket, the process at the
+    /// other end runs as such a user. Nothing was read from or written to it.
+    #[error("channel {name:?}: {object} belongs to uid {owner} (gid {group}), not to this user; allow it with Options::allow_uid({owner}) if it is trusted")]
+    NotOwner {
+        /// The channel.
+        name: String,
+        /// The object (path, shared-memory name, queue key or socket peer).
+        object: String,
+        /// Its owner's uid.
+        owner: u32,
+        /// Its group.
+        group: u32,
+    },
+    /// The object at the channel's path is not of the kind the transport uses: a symbolic
+    /// link (never followed), a regular file where a FIFO, socket or log directory belongs,
+    /// and so on.
+    #[error("channel {name:?}: {reason}")]
+    WrongKind {
+        /// The channel.
+        name: String,
+        /// What was found where.
+        reason: String,
+    },
+    /// The operating system refused access (`EACCES`/`EPERM`): the object's permission bits
+    /// or ownership do not let this user in.
+    #[error("channel {name:?}: permission denied ({op}): {source}")]
+    PermissionDenied {
+        /// The channel.
+        name: String,
+        /// The operation.
+        op: &'static str,
+        /// The system error.
+        source: io::Error,
+    },
+    /// A system limit was reached: open files (`RLIMIT_NOFILE`), POSIX queue memory
+    /// (`RLIMIT_MSGQUEUE`), the number of queues or segments (`fs.mqueue.queues_max`,
+    /// `kernel.msgmni`, `kernel.shmmni`), or memory.
+    #[error("channel {name:?}: a system limit was reached ({op}): {source}")]
+    LimitReached {
+        /// The channel.
+        name: String,
+        /// The operation.
+        op: &'static str,
+        /// The system error.
+        source: io::Error,
+    },
     /// A system call failed.
     #[error("{op} failed for channel {name:?}: {source}")]
     Io {
@@ -134,6 +183,21 @@ pub enum OpenError {
         /// The system error.
         source: io::Error,
     },
+}
+
+#[cfg(not(shmbus_loom))]
+impl OpenError {
+    /// The error for a failed system call: permission and limit errors get their own
+    /// variants, the rest is [`OpenError::Io`].
+    pub(crate) fn from_io(name: &str, op: &'static str, source: io::Error) -> OpenError {
+        let name = name.to_owned();
+        use crate::sys::perm::IoClass;
+        match crate::sys::perm::classify(&source) {
+            IoClass::Permission => OpenError::PermissionDenied { name, op, source },
+            IoClass::Limit => OpenError::LimitReached { name, op, source },
+            IoClass::Other => OpenError::Io { name, op, source },
+        }
+    }
 }
 
 macro_rules! generic_error {

@@ -70,6 +70,15 @@
 //! removes it. A file left behind by crashed processes is reused, with its committed
 //! messages, if it is valid and of the same type, and replaced otherwise.
 //!
+//! # Permissions
+//!
+//! Everything a channel creates is owner-only (mode 0600) on every transport;
+//! [`Options::group`] shares it with a group. Everything it opens must belong to this user,
+//! to a user allowed with [`Options::allow_uid`] / [`Options::allow_any_uid`], or to the
+//! group given with [`Options::group`]: otherwise [`OpenError::NotOwner`], before anything
+//! is read. Paths are never followed through a symbolic link ([`OpenError::WrongKind`]).
+//! `docs/limits.md` in the repository says how to share a channel between users safely.
+//!
 //! # Trust
 //!
 //! Every process that can open a channel's file can write to it. shmbus validates
@@ -160,10 +169,10 @@ pub use error::{
 pub use message::{
     fingerprint, DecodeError, EncodeError, Encoding, Message, MessageInfo, Pod, ZeroCopy,
 };
-pub use name::MAX_NAME_LEN;
+pub use name::{MAX_NAME_LEN, MAX_PATH, MAX_SOCKET_PATH};
 pub use options::{
     Delivery, Options, Overflow, DEFAULT_CAPACITY, DEFAULT_CONNECT_TIMEOUT,
-    DEFAULT_MAX_MESSAGE_SIZE, DEFAULT_MAX_PARTICIPANTS, DEFAULT_PREFIX, DEFAULT_SPIN,
+    DEFAULT_MAX_MESSAGE_SIZE, DEFAULT_MAX_PARTICIPANTS, DEFAULT_PREFIX, DEFAULT_SPIN, MAX_CAPACITY,
 };
 pub use schema::{
     FieldDesc, FieldKind, KindDesc, Schema, SchemaDesc, SchemaError, SchemaField, MAX_SCHEMA_LEN,

@@ -48,6 +48,60 @@ pub(crate) fn object_name(prefix: &str, name: &str) -> Result<String, OpenError>
     Ok(full)
 }
 
+/// Longest Unix-socket path (`sun_path` is 108 bytes with its terminating NUL), and longest
+/// abstract socket name.
+pub const MAX_SOCKET_PATH: usize = 107;
+/// Longest FIFO or log directory path (`PATH_MAX` is 4096 with the terminating NUL).
+pub const MAX_PATH: usize = 4095;
+
+/// Checks a path or abstract name that a transport names its objects by: not empty, no NUL
+/// byte, not longer than the kernel takes.
+#[cfg(not(shmbus_loom))]
+fn check_path(bytes: &[u8], what: &'static str, max: usize) -> Result<(), OpenError> {
+    let bad = |reason: String| OpenError::InvalidName {
+        name: String::from_utf8_lossy(bytes).into_owned(),
+        reason: format!("{what} {reason}"),
+    };
+    if bytes.is_empty() {
+        return Err(bad("is empty".into()));
+    }
+    if bytes.contains(&0) {
+        return Err(bad("contains a NUL byte".into()));
+    }
+    if bytes.len() > max {
+        return Err(bad(format!("is longer than {max} bytes")));
+    }
+    Ok(())
+}
+
+/// Checks the paths and names inside a transport and its options (the channel name itself
+/// goes through [`object_name`] for every transport): FIFO, socket and log paths, abstract
+/// socket names, log cursor names.
+#[cfg(not(shmbus_loom))]
+pub(crate) fn check_transport(
+    t: &crate::Transport,
+    options: &crate::Options,
+) -> Result<(), OpenError> {
+    use crate::Transport;
+    use std::os::unix::ffi::OsStrExt;
+    if let (Transport::File { .. }, Some(cursor)) = (t, &options.log.cursor) {
+        validate(cursor, "cursor name", false)?;
+    }
+    match t {
+        Transport::Fifo { path } => check_path(path.as_os_str().as_bytes(), "FIFO path", MAX_PATH),
+        Transport::File { dir } => {
+            check_path(dir.as_os_str().as_bytes(), "log directory", MAX_PATH)
+        }
+        Transport::UnixSocket { path } => {
+            check_path(path.as_os_str().as_bytes(), "socket path", MAX_SOCKET_PATH)
+        }
+        Transport::AbstractSocket { name } => {
+            check_path(name.as_bytes(), "abstract socket name", MAX_SOCKET_PATH)
+        }
+        _ => Ok(()),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

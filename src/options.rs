@@ -30,6 +30,8 @@ pub struct Options {
     pub(crate) transport: crate::transport::Transport,
     pub(crate) connect_timeout: Duration,
     pub(crate) allow_uids: Vec<u32>,
+    pub(crate) allow_any_uid: bool,
+    pub(crate) group: Option<u32>,
     pub(crate) message_type: i64,
     #[cfg(not(shmbus_loom))]
     pub(crate) log: crate::transport::file::LogOptions,
@@ -90,6 +92,8 @@ impl Default for Options {
             transport: crate::transport::Transport::SharedMemory,
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
             allow_uids: Vec::new(),
+            allow_any_uid: false,
+            group: None,
             message_type: 0,
             #[cfg(not(shmbus_loom))]
             log: Default::default(),
@@ -159,10 +163,41 @@ impl Options {
         self
     }
 
-    /// Permission bits of a created segment (default `0o600`: owner only).
+    /// Permission bits of every object this handle creates (default `0o600`: owner only):
+    /// the segment, a System V segment's lock file, a queue and its presence file, a FIFO, a
+    /// socket file, a log's files (its directories get `x` wherever the mode grants `r`).
+    /// The bits are set exactly, whatever the umask. See [`group`](Self::group) to share with
+    /// another user.
     pub fn mode(&mut self, mode: u32) -> &mut Self {
         self.file_mode = mode & 0o777;
         self
+    }
+
+    /// Shares the channel with the members of group `gid`.
+    ///
+    /// Objects this handle creates are given group `gid` (with `fchown`, or `IPC_SET` for
+    /// System V objects, so this process must be a member of the group or privileged) and
+    /// group read-write permission (mode `0o660` unless [`mode`](Self::mode) is called
+    /// afterwards). When opening, objects whose group is `gid` are accepted whoever owns
+    /// them (only members of `gid` can give an object that group), and so are Unix-socket
+    /// peers whose primary group is `gid`.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let mut opts = shmbus::Options::new();
+    /// opts.group(1234);
+    /// assert_eq!(opts.get_mode(), 0o660);
+    /// ```
+    pub fn group(&mut self, gid: u32) -> &mut Self {
+        self.group = Some(gid);
+        self.file_mode |= 0o060;
+        self
+    }
+
+    /// The permission bits objects are created with.
+    pub fn get_mode(&self) -> u32 {
+        self.file_mode
     }
 
     /// How long a blocked call busy-waits before it sleeps on a futex. A peer that answers
@@ -213,12 +248,35 @@ impl Options {
         self
     }
 
-    /// On a Unix socket, the receiver accepts senders of this uid (checked with
-    /// `SO_PEERCRED`); call it once per uid. With no call, any process that can reach the
-    /// socket may connect.
+    /// Accepts objects owned by, and Unix-socket peers running as, user `uid` besides this
+    /// process's own user; call it once per uid.
+    ///
+    /// By default a handle opens only objects its own (effective) user owns: a segment,
+    /// queue, presence file, FIFO, lock file or log owned by anyone else is refused with
+    /// [`OpenError::NotOwner`](crate::OpenError::NotOwner) before anything is read from it,
+    /// and a Unix-socket receiver accepts only senders of its own user (checked with
+    /// `SO_PEERCRED`), a sender only a receiver of its own user. This also holds for root.
     pub fn allow_uid(&mut self, uid: u32) -> &mut Self {
         self.allow_uids.push(uid);
         self
+    }
+
+    /// Accepts objects and Unix-socket peers of any user (see [`allow_uid`](Self::allow_uid)).
+    /// Only the permission bits then keep other users out.
+    pub fn allow_any_uid(&mut self) -> &mut Self {
+        self.allow_any_uid = true;
+        self
+    }
+
+    /// The permission policy for the objects this handle creates and opens.
+    #[cfg(not(shmbus_loom))]
+    pub(crate) fn access(&self) -> crate::sys::perm::Access {
+        crate::sys::perm::Access {
+            mode: self.file_mode,
+            group: self.group,
+            allow_uids: self.allow_uids.clone(),
+            allow_any: self.allow_any_uid,
+        }
     }
 
     /// On a System V queue, which message types the receiver takes (msgrcv's rules: 0, the
@@ -238,6 +296,31 @@ impl Options {
         self.max_message_size
     }
 }
+
+#[cfg(not(shmbus_loom))]
+impl Options {
+    /// Checks what every transport requires of the options (one place, before any object
+    /// is touched): a capacity of 1 to [`MAX_CAPACITY`] slots.
+    pub(crate) fn check(&self, name: &str) -> Result<(), crate::OpenError> {
+        let invalid = |reason: String| crate::OpenError::InvalidOptions {
+            name: name.to_owned(),
+            reason,
+        };
+        if self.capacity == 0 {
+            return Err(invalid("capacity must be at least 1".into()));
+        }
+        if self.capacity as u64 > MAX_CAPACITY {
+            return Err(invalid(format!(
+                "capacity {} is too large (at most {MAX_CAPACITY} slots)",
+                self.capacity
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// Largest capacity, in slots, of any channel.
+pub const MAX_CAPACITY: u64 = 1 << 24;
 
 impl AsRef<Options> for Options {
     fn as_ref(&self) -> &Options {

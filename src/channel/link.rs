@@ -97,7 +97,14 @@ pub(crate) fn open_error<T: Message>(name: &str, e: LinkOpenError) -> OpenError 
             op: "connect",
             source: std::io::Error::new(std::io::ErrorKind::ConnectionRefused, reason),
         },
-        LinkOpenError::Io(op, source) => OpenError::Io { name, op, source },
+        LinkOpenError::Foreign(object, owner, group) => OpenError::NotOwner {
+            name,
+            object,
+            owner,
+            group,
+        },
+        LinkOpenError::WrongKind(reason) => OpenError::WrongKind { name, reason },
+        LinkOpenError::Io(op, source) => OpenError::from_io(&name, op, source),
     }
 }
 
@@ -180,6 +187,7 @@ impl LinkEnd {
         mode: OpenMode,
         role: Role,
     ) -> Result<Option<LinkEnd>, OpenError> {
+        options.check(name)?;
         let transport = resolve(&options.transport);
         if matches!(
             transport,
@@ -188,39 +196,40 @@ impl LinkEnd {
             return Ok(None);
         }
         let object = crate::name::object_name(&options.prefix, name)?;
+        crate::name::check_transport(&transport, options)?;
         if mode == OpenMode::Create && in_use(&transport, &object) {
             return Err(OpenError::AlreadyExists {
                 name: name.to_owned(),
             });
         }
         let w = wire::<T>(options);
+        let access = options.access();
         let create = mode != OpenMode::Open;
         let err = |e| open_error::<T>(name, e);
         let (link, max): (Box<dyn Link>, usize) = match (&transport, role) {
             (Transport::Fifo { path }, Role::Sender) => (
                 Box::new(
-                    fifo::sender(path, &w, create, options.file_mode, options.connect_timeout)
+                    fifo::sender(path, &w, create, &access, options.connect_timeout)
                         .map_err(err)?,
                 ),
                 w.max_frame,
             ),
             (Transport::Fifo { path }, Role::Receiver) => (
                 Box::new(
-                    fifo::receiver(path, &w, create, options.file_mode, options.connect_timeout)
+                    fifo::receiver(path, &w, create, &access, options.connect_timeout)
                         .map_err(err)?,
                 ),
                 w.max_frame,
             ),
             (Transport::File { dir }, Role::Sender) => (
                 Box::new(
-                    file::LogWriter::open(dir, &w, create, options.file_mode, &options.log)
-                        .map_err(err)?,
+                    file::LogWriter::open(dir, &w, create, &access, &options.log).map_err(err)?,
                 ),
                 w.max_frame,
             ),
             (Transport::File { dir }, Role::Receiver) => (
                 Box::new(
-                    file::LogReader::open(dir, Some(&w), create, options.file_mode, &options.log)
+                    file::LogReader::open(dir, Some(&w), create, &access, &options.log)
                         .map_err(err)?,
                 ),
                 w.max_frame,
@@ -232,25 +241,17 @@ impl LinkEnd {
                     _ => unreachable!(),
                 };
                 if role == Role::Sender {
-                    let s = SocketSender::connect(&address, &w, options.connect_timeout)
+                    let s = SocketSender::connect(&address, &w, options.connect_timeout, &access)
                         .map_err(err)?;
                     (Box::new(s), w.max_frame)
                 } else {
-                    let r = SocketReceiver::bind(&address, &w, options.allow_uids.clone())
-                        .map_err(err)?;
+                    let r = SocketReceiver::bind(&address, &w, access.clone()).map_err(err)?;
                     (Box::new(r), w.max_frame)
                 }
             }
             (Transport::PosixQueue, _) => {
-                let q = PosixMq::open(
-                    &object,
-                    &w,
-                    role,
-                    create,
-                    options.capacity,
-                    options.file_mode,
-                )
-                .map_err(err)?;
+                let q = PosixMq::open(&object, &w, role, create, options.capacity, &access)
+                    .map_err(err)?;
                 let max = q.max_frame();
                 (Box::new(q), max)
             }
@@ -261,7 +262,7 @@ impl LinkEnd {
                     &w,
                     role,
                     create,
-                    options.file_mode,
+                    &access,
                     options.message_type,
                 )
                 .map_err(err)?;

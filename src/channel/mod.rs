@@ -96,9 +96,7 @@ impl End {
             Encoding::ZeroCopy => (info.size as u32, info.align as u64, info.size as u64),
             Encoding::Postcard => (0, 8, options.max_message_size as u64),
         };
-        if options.capacity == 0 {
-            return Err(invalid("capacity must be at least 1".into()));
-        }
+        options.check(name)?;
         let capacity = (options.capacity.max(2) as u64)
             .checked_next_power_of_two()
             .ok_or_else(|| invalid(format!("capacity {} is too large", options.capacity)))?;
@@ -142,7 +140,7 @@ impl End {
                 Overflow::DropOldest => layout::overflow::DROP_OLDEST,
             },
             history: options.history as u32,
-            file_mode: options.file_mode,
+            access: options.access(),
             schema,
             wake: options.wake.unwrap_or_default().code(),
         };
@@ -203,11 +201,17 @@ impl End {
                 bytes: geometry.total_size,
                 source,
             },
-            SegmentError::Io(op, source) => OpenError::Io {
+            SegmentError::Foreign(object, owner, group) => OpenError::NotOwner {
                 name: name.to_owned(),
-                op,
-                source,
+                object,
+                owner,
+                group,
             },
+            SegmentError::WrongKind(reason) => OpenError::WrongKind {
+                name: name.to_owned(),
+                reason,
+            },
+            SegmentError::Io(op, source) => OpenError::from_io(name, op, source),
         })?;
         let io_err = |op| {
             move |source| OpenError::Io {

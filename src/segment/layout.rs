@@ -38,7 +38,7 @@ pub(crate) const SLOT_HEADER_SIZE: usize = 24;
 /// Page size assumed for alignment of the ring (and the largest message alignment).
 pub(crate) const PAGE: usize = 4096;
 /// Upper bound on capacity (slots).
-pub(crate) const MAX_CAPACITY: u64 = 1 << 24;
+pub(crate) const MAX_CAPACITY: u64 = crate::options::MAX_CAPACITY;
 /// Upper bound on one message's size.
 pub(crate) const MAX_MESSAGE: u64 = 1 << 30;
 /// Upper bound on a segment's total size (1 TiB).

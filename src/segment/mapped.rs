@@ -69,7 +69,8 @@ pub(crate) struct Spec {
     pub(crate) overflow: u32,
     /// Broadcast history, used only when creating.
     pub(crate) history: u32,
-    pub(crate) file_mode: u32,
+    /// Permission bits and group of created objects, owners accepted when opening.
+    pub(crate) access: crate::sys::perm::Access,
     /// The message type's schema in its byte form (`geometry.schema_len` bytes), written
     /// when creating.
     pub(crate) schema: Vec<u8>,
@@ -100,7 +101,23 @@ pub(crate) enum SegmentError {
     /// The channel's delivery mode is not the one asked for.
     ModeMismatch(String),
     NoSpace(io::Error),
+    /// The object (named by the string) belongs to a user the handle does not accept.
+    Foreign(String, u32, u32),
+    /// A symbolic link or something other than a regular file at the segment's name.
+    WrongKind(String),
     Io(&'static str, io::Error),
+}
+
+impl SegmentError {
+    /// The error for an object that failed the owner check.
+    pub(crate) fn perm(object: impl std::fmt::Display, e: crate::sys::perm::PermError) -> Self {
+        match e {
+            crate::sys::perm::PermError::Foreign { uid, gid } => {
+                SegmentError::Foreign(object.to_string(), uid, gid)
+            }
+            crate::sys::perm::PermError::Io(op, e) => SegmentError::Io(op, e),
+        }
+    }
 }
 
 pub(crate) fn io(op: &'static str) -> impl FnOnce(io::Error) -> SegmentError {

@@ -31,7 +31,7 @@ pub(crate) fn open(object: &str, spec: &Spec, mode: OpenMode) -> Result<Segment,
             ));
         }
         if mode != OpenMode::Open {
-            match shm::create_exclusive(object, spec.file_mode) {
+            match shm::create_exclusive(object, &spec.access) {
                 Ok(file) => match initialise(object, file, spec)? {
                     Some(seg) => return Ok(seg),
                     None => continue,
@@ -52,15 +52,31 @@ pub(crate) fn open(object: &str, spec: &Spec, mode: OpenMode) -> Result<Segment,
                 }
                 continue;
             }
-            Err(e) => return Err(SegmentError::Io("open", e)),
+            Err(e) => {
+                return Err(match std::fs::symlink_metadata(&path) {
+                    Ok(m) if !m.file_type().is_file() => SegmentError::WrongKind(format!(
+                        "{} is {}, not a segment (symbolic links are never followed)",
+                        path.display(),
+                        crate::transport::kind_name(&m.file_type())
+                    )),
+                    _ => SegmentError::Io("open", e),
+                })
+            }
         };
+        // Before anything is locked or read: whose is it?
+        spec.access
+            .check_fd(file.as_fd())
+            .map_err(|e| SegmentError::perm(path.display(), e))?;
         lock::lock_wait(file.as_fd(), LIFE_LOCK, lock::Kind::Shared).map_err(io("lock"))?;
         let st = shm::stat(&file).map_err(io("fstat"))?;
         if st.links == 0 {
             continue; // unlinked by its last handle while we waited: start over
         }
         if !st.is_file {
-            return Err(SegmentError::Corrupt("not a regular file".into()));
+            return Err(SegmentError::WrongKind(format!(
+                "{} is not a regular file",
+                path.display()
+            )));
         }
         let ready = st.size >= HEADER_SIZE as u64 && {
             let map = Mapping::Mmap(shm::map(&file, HEADER_SIZE).map_err(io("mmap"))?);
@@ -73,8 +89,14 @@ pub(crate) fn open(object: &str, spec: &Spec, mode: OpenMode) -> Result<Segment,
                 && lock::try_lock(file.as_fd(), LIFE_LOCK, lock::Kind::Exclusive)
                     .map_err(io("lock"))?
             {
-                // Nobody else is in it and it never became ready: remove it.
-                let _ = unlink_if_same(&path, &file);
+                // Nobody else is in it and it never became ready: remove it (unless it is
+                // another user's, in the sticky /dev/shm: then say so rather than wait).
+                match unlink_if_same(&path, &file) {
+                    Err(e) if e.kind() != io::ErrorKind::NotFound => {
+                        return Err(SegmentError::Io("unlink a half-initialised segment", e))
+                    }
+                    _ => {}
+                }
             }
             drop(file);
             std::thread::sleep(Duration::from_millis(1));
@@ -89,8 +111,11 @@ pub(crate) fn open(object: &str, spec: &Spec, mode: OpenMode) -> Result<Segment,
                     .map_err(io("lock"))?;
                 if stale && mode != OpenMode::Open {
                     tracing::info!(object, reason = ?err, "replacing a stale segment");
-                    let _ = unlink_if_same(&path, &file);
-                    continue;
+                    match unlink_if_same(&path, &file) {
+                        Err(e) if e.kind() != io::ErrorKind::NotFound => {}
+                        _ => continue,
+                    }
+                    // Another user's segment in the sticky /dev/shm: not ours to replace.
                 }
                 return Err(err);
             }

@@ -29,7 +29,7 @@
 use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::fd::AsFd;
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -38,6 +38,7 @@ use super::mapped::{
     io, is_ready, unlink_if_same, Backing, Mapping, OpenMode, Segment, SegmentError, Spec,
     LIFE_LOCK,
 };
+use crate::sys::perm::Access;
 use crate::sys::{lock, shm};
 
 /// The directory lock files live in: `$XDG_RUNTIME_DIR` if it is a directory, else `/tmp`.
@@ -53,34 +54,49 @@ pub(crate) fn lock_path(prefix: &str, key: i32) -> PathBuf {
     lock_dir().join(format!("{prefix}sysv-shm-{key:08x}.lock"))
 }
 
-/// Opens the lock file, creating it (mode `mode`) if `create`. Never follows a symlink.
-fn open_lock_file(path: &Path, create: bool, mode: u32) -> io::Result<File> {
+/// Opens the lock file, creating it (with `access`'s mode and group) if `create`. Never
+/// follows a symlink; refuses anything but a regular file of an accepted owner.
+fn open_lock_file(path: &Path, create: bool, access: &Access) -> Result<File, SegmentError> {
     let open = |create_new: bool| {
         OpenOptions::new()
             .read(true)
             .write(true)
             .create_new(create_new)
-            .mode(mode & 0o777)
+            .mode(access.mode & 0o777)
             .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC | libc::O_NONBLOCK)
             .open(path)
     };
-    let (file, created) = match create {
+    let opened = match create {
         true => match open(true) {
-            Ok(f) => (f, true),
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => (open(false)?, false),
-            Err(e) => return Err(e),
+            Ok(f) => Ok((f, true)),
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => open(false).map(|f| (f, false)),
+            Err(e) => Err(e),
         },
-        false => (open(false)?, false),
+        false => open(false).map(|f| (f, false)),
     };
-    if !file.metadata()?.file_type().is_file() {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidInput,
-            format!("{} is not a regular file", path.display()),
-        ));
+    let (file, created) = match opened {
+        Ok(x) => x,
+        Err(e) if e.raw_os_error() == Some(libc::ELOOP) => {
+            return Err(SegmentError::WrongKind(format!(
+                "lock file {} is a symbolic link (never followed)",
+                path.display()
+            )))
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(SegmentError::NotFound),
+        Err(e) => return Err(SegmentError::Io("open lock file", e)),
+    };
+    access
+        .check_fd(file.as_fd())
+        .map_err(|e| SegmentError::perm(path.display(), e))?;
+    if !file.metadata().map_err(io("fstat"))?.file_type().is_file() {
+        return Err(SegmentError::WrongKind(format!(
+            "lock file {} is not a regular file",
+            path.display()
+        )));
     }
     if created {
         // The umask may have removed bits; set exactly what was asked for.
-        file.set_permissions(std::fs::Permissions::from_mode(mode & 0o777))?;
+        access.apply_fd(file.as_fd(), false).map_err(io("fchmod"))?;
     }
     Ok(file)
 }
@@ -101,12 +117,10 @@ pub(crate) fn open(
                 io::Error::new(io::ErrorKind::TimedOut, "segment never became ready"),
             ));
         }
-        let file = match open_lock_file(lock_path, mode != OpenMode::Open, spec.file_mode) {
-            Ok(f) => f,
-            Err(e) if e.kind() == io::ErrorKind::NotFound && mode == OpenMode::Open => {
-                return Err(SegmentError::NotFound)
-            }
-            Err(e) => return Err(SegmentError::Io("open lock file", e)),
+        let file = match open_lock_file(lock_path, mode != OpenMode::Open, &spec.access) {
+            // Removed between our two opens: start over.
+            Err(SegmentError::NotFound) if mode != OpenMode::Open => continue,
+            r => r?,
         };
         let fd = file.as_fd();
         if !lock::try_lock(fd, LIFE_LOCK, lock::Kind::Exclusive).map_err(io("lock"))? {
@@ -131,6 +145,10 @@ pub(crate) fn open(
             }
             return create(key, file, lock_path, spec);
         };
+        let (uid, gid) = shm::sysv_owner(id).map_err(io("shmctl"))?;
+        spec.access
+            .check_ids(uid, gid)
+            .map_err(|e| SegmentError::perm(format_args!("System V segment {key:#x}"), e))?;
         if mode == OpenMode::Create {
             return Err(SegmentError::AlreadyExists);
         }
@@ -173,14 +191,17 @@ pub(crate) fn open(
         if mode == OpenMode::Open {
             return Err(err);
         }
-        let _ = shm::sysv_remove(id);
+        if shm::sysv_remove(id).is_err() {
+            // Another user's segment: not ours to replace.
+            return Err(err);
+        }
     }
 }
 
 /// Creates and initialises the segment; `file` holds the lifetime lock exclusively.
 fn create(key: i32, file: File, lock_path: &Path, spec: &Spec) -> Result<Segment, SegmentError> {
     let g = spec.geometry;
-    let id = match shm::sysv_create(key, g.total_size, spec.file_mode) {
+    let id = match shm::sysv_create(key, g.total_size, spec.access.mode) {
         Ok(id) => id,
         Err(e) => {
             let _ = unlink_if_same(lock_path, &file);
@@ -192,6 +213,13 @@ fn create(key: i32, file: File, lock_path: &Path, spec: &Spec) -> Result<Segment
             });
         }
     };
+    if let Some(gid) = spec.access.group {
+        if let Err(e) = shm::sysv_set_group(id, gid) {
+            let _ = shm::sysv_remove(id);
+            let _ = unlink_if_same(lock_path, &file);
+            return Err(SegmentError::Io("shmctl(IPC_SET)", e));
+        }
+    }
     let map = match shm::sysv_attach(id, g.total_size) {
         Ok(m) => Mapping::Sysv(m),
         Err(e) => {

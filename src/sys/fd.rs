@@ -121,8 +121,8 @@ pub(crate) unsafe fn adopt_inherited(raw: RawFd) -> io::Result<OwnedFd> {
     Ok(unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(raw) })
 }
 
-/// The uid and pid of the process at the other end of a connected Unix socket.
-pub(crate) fn peer_cred(sock: BorrowedFd<'_>) -> io::Result<(u32, i32)> {
+/// The uid, gid and pid of the process at the other end of a connected Unix socket.
+pub(crate) fn peer_cred(sock: BorrowedFd<'_>) -> io::Result<(u32, u32, i32)> {
     let mut cred = libc::ucred {
         pid: 0,
         uid: 0,
@@ -142,11 +142,13 @@ pub(crate) fn peer_cred(sock: BorrowedFd<'_>) -> io::Result<(u32, i32)> {
     if r != 0 {
         return Err(io::Error::last_os_error());
     }
-    Ok((cred.uid, cred.pid))
+    Ok((cred.uid, cred.gid, cred.pid))
 }
 
 /// Open flags and error numbers the transports test for.
 pub(crate) const O_NOFOLLOW: i32 = libc::O_NOFOLLOW;
 pub(crate) const O_NONBLOCK: i32 = libc::O_NONBLOCK;
+pub(crate) const O_DIRECTORY: i32 = libc::O_DIRECTORY;
+pub(crate) const ENOTDIR: i32 = libc::ENOTDIR;
 pub(crate) const ENXIO: i32 = libc::ENXIO;
 pub(crate) const ELOOP: i32 = libc::ELOOP;

@@ -10,6 +10,7 @@ pub(crate) mod lock;
 pub(crate) mod membarrier;
 pub(crate) mod mq;
 pub(crate) mod msg;
+pub(crate) mod perm;
 pub(crate) mod shm;
 pub(crate) mod wakeup;
 

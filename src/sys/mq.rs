@@ -13,6 +13,13 @@ pub(crate) struct Mq {
     mqd: libc::mqd_t,
 }
 
+impl std::os::fd::AsFd for Mq {
+    fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        // SAFETY: on Linux a queue descriptor is a file descriptor, open while `self` lives.
+        unsafe { std::os::fd::BorrowedFd::borrow_raw(self.mqd) }
+    }
+}
+
 /// How a timed queue operation ended.
 pub(crate) enum MqResult<T> {
     Done(T),

@@ -81,6 +81,33 @@ impl MsgQueue {
         ))
     }
 
+    /// Owner uid and gid of the queue.
+    pub(crate) fn owner(&self) -> io::Result<(u32, u32)> {
+        // SAFETY: `msqid_ds` is a plain C struct for which all-zero is valid.
+        let mut ds: libc::msqid_ds = unsafe { std::mem::zeroed() };
+        // SAFETY: `ds` is a valid, writable msqid_ds; IPC_STAT fills it.
+        if unsafe { libc::msgctl(self.id, libc::IPC_STAT, &mut ds) } == -1 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok((ds.msg_perm.uid, ds.msg_perm.gid))
+    }
+
+    /// Gives the queue group `gid` (`IPC_SET`; owner, mode and size limit stay).
+    pub(crate) fn set_group(&self, gid: u32) -> io::Result<()> {
+        // SAFETY: as in `owner`.
+        let mut ds: libc::msqid_ds = unsafe { std::mem::zeroed() };
+        // SAFETY: `ds` is a valid, writable msqid_ds.
+        if unsafe { libc::msgctl(self.id, libc::IPC_STAT, &mut ds) } == -1 {
+            return Err(io::Error::last_os_error());
+        }
+        ds.msg_perm.gid = gid;
+        // SAFETY: `ds` is a valid msqid_ds; IPC_SET reads its ids, mode and qbytes.
+        if unsafe { libc::msgctl(self.id, libc::IPC_SET, &mut ds) } == -1 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    }
+
     /// Removes the queue (`IPC_RMID`).
     pub(crate) fn remove(self) -> io::Result<()> {
         // SAFETY: IPC_RMID ignores the buffer argument.

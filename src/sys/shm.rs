@@ -31,22 +31,22 @@ fn to_io(e: nix::errno::Errno) -> io::Error {
 }
 
 /// Creates a new object, failing with `AlreadyExists` if one is there. The object is opened
-/// read-write, close-on-exec, never through a symlink, with permission bits `mode`.
+/// read-write, close-on-exec, never through a symlink, with exactly the permission bits and
+/// group of `access`.
 #[allow(clippy::disallowed_methods)]
-pub(crate) fn create_exclusive(name: &str, mode: u32) -> io::Result<File> {
+pub(crate) fn create_exclusive(name: &str, access: &super::perm::Access) -> io::Result<File> {
     let fd: OwnedFd = nix::sys::mman::shm_open(
         format!("/{name}").as_str(),
         OFlag::O_RDWR | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
-        Mode::from_bits_truncate(mode as nix::libc::mode_t),
+        Mode::from_bits_truncate(access.mode as nix::libc::mode_t),
     )
     .map_err(to_io)?;
     let file = File::from(fd);
     // The umask may have removed bits; set exactly what was asked for.
-    nix::sys::stat::fchmod(
-        file.as_fd(),
-        Mode::from_bits_truncate(mode as nix::libc::mode_t),
-    )
-    .map_err(to_io)?;
+    if let Err(e) = access.apply_fd(file.as_fd(), false) {
+        let _ = unlink(name);
+        return Err(e);
+    }
     Ok(file)
 }
 
@@ -150,6 +150,33 @@ impl Drop for SysvMap {
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct SysvStat {
     pub(crate) size: u64,
+}
+
+/// Owner uid and gid of System V segment `id`.
+pub(crate) fn sysv_owner(id: i32) -> io::Result<(u32, u32)> {
+    // SAFETY: `shmid_ds` is a plain C struct for which all-zero is valid; IPC_STAT fills it.
+    let mut ds: libc::shmid_ds = unsafe { std::mem::zeroed() };
+    // SAFETY: `ds` is a valid, writable shmid_ds.
+    if unsafe { libc::shmctl(id, libc::IPC_STAT, &mut ds) } == -1 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok((ds.shm_perm.uid, ds.shm_perm.gid))
+}
+
+/// Gives System V segment `id` group `gid` (`IPC_SET`; the owner and mode stay).
+pub(crate) fn sysv_set_group(id: i32, gid: u32) -> io::Result<()> {
+    // SAFETY: as in `sysv_owner`.
+    let mut ds: libc::shmid_ds = unsafe { std::mem::zeroed() };
+    // SAFETY: `ds` is a valid, writable shmid_ds.
+    if unsafe { libc::shmctl(id, libc::IPC_STAT, &mut ds) } == -1 {
+        return Err(io::Error::last_os_error());
+    }
+    ds.shm_perm.gid = gid;
+    // SAFETY: `ds` is a valid shmid_ds; IPC_SET reads its uid, gid and mode.
+    if unsafe { libc::shmctl(id, libc::IPC_SET, &mut ds) } == -1 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 /// The id of the System V segment with `key`, if there is one.

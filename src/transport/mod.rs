@@ -237,10 +237,45 @@ impl LinkError {
 #[derive(Debug)]
 pub(crate) enum LinkOpenError {
     NotFound(String),
+    /// The object (named by the string) belongs to a user the handle does not accept.
+    Foreign(String, u32, u32),
+    /// The object at the path is a symbolic link or of the wrong kind.
+    WrongKind(String),
     TypeMismatch(TypeDesc),
     Invalid(String),
     Refused(String),
     Io(&'static str, std::io::Error),
+}
+
+#[cfg(not(shmbus_loom))]
+impl LinkOpenError {
+    /// The error for an object that failed the owner check.
+    pub(crate) fn perm(object: impl std::fmt::Display, e: crate::sys::perm::PermError) -> Self {
+        match e {
+            crate::sys::perm::PermError::Foreign { uid, gid } => {
+                LinkOpenError::Foreign(object.to_string(), uid, gid)
+            }
+            crate::sys::perm::PermError::Io(op, e) => LinkOpenError::Io(op, e),
+        }
+    }
+}
+
+/// A file type in words, for errors about the wrong kind of object at a path.
+pub(crate) fn kind_name(t: &std::fs::FileType) -> &'static str {
+    use std::os::unix::fs::FileTypeExt;
+    if t.is_symlink() {
+        "a symbolic link"
+    } else if t.is_dir() {
+        "a directory"
+    } else if t.is_file() {
+        "a regular file"
+    } else if t.is_fifo() {
+        "a FIFO"
+    } else if t.is_socket() {
+        "a socket"
+    } else {
+        "a device"
+    }
 }
 
 /// The type a handle carries, as exchanged in handshakes and presence files.

@@ -19,6 +19,7 @@ use super::presence::{self, Presence};
 use super::{Link, LinkError, LinkOpenError, TransportKind, Wait, Wire};
 use crate::segment::Role;
 use crate::sys::mq::{self, Mq, MqResult};
+use crate::sys::perm::Access;
 
 /// One end of a POSIX message-queue channel.
 pub(crate) struct PosixMq {
@@ -39,7 +40,7 @@ impl PosixMq {
         role: Role,
         create: bool,
         capacity: usize,
-        mode: u32,
+        access: &Access,
     ) -> Result<Self, LinkOpenError> {
         let (msg_max, msgsize_max) = mq::limits();
         if wire.max_frame > msgsize_max && wire.encoding == crate::Encoding::ZeroCopy as u32 {
@@ -49,19 +50,28 @@ impl PosixMq {
             )));
         }
         let path = presence::dir().join(format!("{object}.mq"));
-        let (mut presence, created) = Presence::attach(path, wire, role, create)?;
+        let (mut presence, created) = Presence::attach(path, wire, role, create, access)?;
         if created {
             let _ = Mq::unlink(object); // left by crashed processes
         }
         let want_size = wire.max_frame.clamp(1, msgsize_max);
         let want_cap = capacity.clamp(1, msg_max);
-        let (q, _) =
-            Mq::open(object, create || created, want_cap, want_size, mode).map_err(|e| match e
-                .kind()
-            {
+        let (q, made) = Mq::open(object, create || created, want_cap, want_size, access.mode)
+            .map_err(|e| match e.kind() {
                 std::io::ErrorKind::NotFound => LinkOpenError::NotFound(format!("/{object}")),
                 _ => LinkOpenError::Io("mq_open", e),
             })?;
+        {
+            use std::os::fd::AsFd;
+            access
+                .check_fd(q.as_fd())
+                .map_err(|e| LinkOpenError::perm(format_args!("POSIX queue /{object}"), e))?;
+            if made {
+                access
+                    .apply_fd(q.as_fd(), false)
+                    .map_err(|e| LinkOpenError::Io("fchmod", e))?;
+            }
+        }
         let name = object.to_owned();
         presence.on_last = Some(Box::new(move || {
             let _ = Mq::unlink(&name);

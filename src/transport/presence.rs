@@ -10,7 +10,9 @@
 //! 26  name_len u16 LE         32  type name (up to 224 bytes)
 //! ```
 //!
-//! and each handle holds open-file-description locks on it (the same mechanism as the
+//! (the creator writes it to a temporary file that holds the lifetime lock, then links it
+//! into place, so the file never appears unlocked or incomplete), and each handle holds
+//! open-file-description locks on it (the same mechanism as the
 //! shared-memory segment): byte 0 shared by every handle (exclusive while the creator
 //! writes the header, and taken exclusive by the last handle to leave, which removes the
 //! queue and the file), byte 1 exclusive by the sender, byte 2 exclusive by the receiver.
@@ -28,6 +30,7 @@ use super::{LinkOpenError, Wire};
 use crate::error::TypeDesc;
 use crate::message::Encoding;
 use crate::segment::Role;
+use crate::sys::perm::Access;
 use crate::sys::{fd, lock};
 
 const MAGIC: [u8; 8] = *b"SHMBUSP1";
@@ -93,6 +96,64 @@ fn header(wire: &Wire) -> [u8; HEADER] {
     h
 }
 
+/// Creates the presence file complete and locked: the header is written to a temporary
+/// file that holds the lifetime lock exclusively, which is then linked into place. An opener
+/// therefore never sees a file whose creator has not locked it yet (and might take it for
+/// one left behind). `Ok(None)`: a file is already there.
+fn create_locked(path: &std::path::Path, wire: &Wire, access: &Access) -> io::Result<Option<File>> {
+    static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(format!(
+        ".{}.{}.tmp",
+        std::process::id(),
+        SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    ));
+    let tmp = PathBuf::from(tmp);
+    let f = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .mode(access.mode & 0o777)
+        .custom_flags(fd::O_NOFOLLOW)
+        .open(&tmp)?;
+    let linked = lock::lock_wait(f.as_fd(), LIFE, lock::Kind::Exclusive)
+        .and_then(|()| access.apply_fd(f.as_fd(), false))
+        .and_then(|()| f.write_all_at(&header(wire), 0))
+        .and_then(|()| std::fs::hard_link(&tmp, path));
+    let _ = std::fs::remove_file(&tmp);
+    match linked {
+        Ok(()) => Ok(Some(f)),
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// `TypeMismatch` if the header `h` records another type than `wire`'s.
+fn mismatch(h: &[u8; HEADER], wire: &Wire) -> Option<LinkOpenError> {
+    let encoding = u32::from_le_bytes(h[8..12].try_into().expect("4"));
+    let fingerprint = u64::from_le_bytes(h[12..20].try_into().expect("8"));
+    if encoding == wire.encoding && fingerprint == wire.fingerprint {
+        return None;
+    }
+    let n = (u16::from_le_bytes([h[26], h[27]]) as usize).min(HEADER - 32);
+    Some(LinkOpenError::TypeMismatch(TypeDesc {
+        name: String::from_utf8_lossy(&h[32..32 + n]).into_owned(),
+        encoding: Encoding::from_u32(encoding).map_or("unknown", Encoding::name),
+        fingerprint,
+    }))
+}
+
+/// The error for a presence file that cannot be opened: a symbolic link is the wrong kind.
+fn refused(path: &std::path::Path, op: &'static str, e: io::Error) -> LinkOpenError {
+    if e.raw_os_error() == Some(fd::ELOOP) {
+        return LinkOpenError::WrongKind(format!(
+            "presence file {} is a symbolic link (never followed)",
+            path.display()
+        ));
+    }
+    LinkOpenError::Io(op, e)
+}
+
 impl Presence {
     /// Attaches as `role` to the presence file at `path`, creating it if `create`. Returns
     /// the presence and whether this handle created the file; a creator holds the file
@@ -104,6 +165,7 @@ impl Presence {
         wire: &Wire,
         role: Role,
         create: bool,
+        access: &Access,
     ) -> Result<(Presence, bool), LinkOpenError> {
         let io = |op| move |e| LinkOpenError::Io(op, e);
         let start = Instant::now();
@@ -116,24 +178,14 @@ impl Presence {
             }
             let mut created = false;
             let file = if create {
-                match OpenOptions::new()
-                    .read(true)
-                    .write(true)
-                    .create_new(true)
-                    .mode(0o600)
-                    .custom_flags(fd::O_NOFOLLOW)
-                    .open(&path)
-                {
-                    Ok(f) => {
-                        lock::lock_wait(f.as_fd(), LIFE, lock::Kind::Exclusive)
-                            .map_err(io("lock"))?;
-                        f.write_all_at(&header(wire), 0).map_err(io("write"))?;
+                match create_locked(&path, wire, access) {
+                    Ok(Some(f)) => {
                         // Stays exclusive until the caller has set up the queue (`share`).
                         created = true;
                         Some(f)
                     }
-                    Err(e) if e.kind() == io::ErrorKind::AlreadyExists => None,
-                    Err(e) => return Err(LinkOpenError::Io("create", e)),
+                    Ok(None) => None,
+                    Err(e) => return Err(refused(&path, "create", e)),
                 }
             } else {
                 None
@@ -153,10 +205,22 @@ impl Presence {
                         }
                         return Err(LinkOpenError::NotFound(path.display().to_string()));
                     }
-                    Err(e) => return Err(LinkOpenError::Io("open", e)),
+                    Err(e) => return Err(refused(&path, "open", e)),
                 },
             };
             if !created {
+                // Before anything is locked or read: whose is it, and is it a file?
+                access
+                    .check_fd(file.as_fd())
+                    .map_err(|e| LinkOpenError::perm(path.display(), e))?;
+                let kind = file.metadata().map_err(io("fstat"))?.file_type();
+                if !kind.is_file() {
+                    return Err(LinkOpenError::WrongKind(format!(
+                        "presence file {} is {}",
+                        path.display(),
+                        super::kind_name(&kind)
+                    )));
+                }
                 lock::lock_wait(file.as_fd(), LIFE, lock::Kind::Shared).map_err(io("lock"))?;
                 let meta = file.metadata().map_err(io("fstat"))?;
                 if meta.nlink() == 0 {
@@ -166,25 +230,45 @@ impl Presence {
                 let complete = file.read_exact_at(&mut h, 0).is_ok() && h[..8] == MAGIC;
                 let alone = lock::try_lock(file.as_fd(), LIFE, lock::Kind::Exclusive)
                     .map_err(io("lock"))?;
-                if !complete || alone {
-                    if alone {
-                        // Left behind by handles that are gone (or a creator that died while
-                        // writing): start afresh.
-                        let _ = std::fs::remove_file(&path);
-                        continue;
-                    }
+                if !complete && !alone {
+                    // Cannot happen with files made by `create_locked`; another writer's.
                     std::thread::sleep(Duration::from_millis(1));
                     continue;
                 }
-                let encoding = u32::from_le_bytes(h[8..12].try_into().expect("4"));
-                let fingerprint = u64::from_le_bytes(h[12..20].try_into().expect("8"));
-                if encoding != wire.encoding || fingerprint != wire.fingerprint {
-                    let n = (u16::from_le_bytes([h[26], h[27]]) as usize).min(HEADER - 32);
-                    return Err(LinkOpenError::TypeMismatch(TypeDesc {
-                        name: String::from_utf8_lossy(&h[32..32 + n]).into_owned(),
-                        encoding: Encoding::from_u32(encoding).map_or("unknown", Encoding::name),
-                        fingerprint,
-                    }));
+                if alone {
+                    // Left behind by handles that are gone (or a creator that died while
+                    // writing): start afresh.
+                    match std::fs::remove_file(&path) {
+                        Err(e) if e.kind() != io::ErrorKind::NotFound => {
+                            // Another user's file in a sticky directory (`/tmp`), shared
+                            // through a group: not ours to remove, but ours to reuse while
+                            // we hold it exclusively.
+                            // Its queue cannot be removed either and may hold messages:
+                            // reuse it only for the same type.
+                            if !create {
+                                return Err(LinkOpenError::NotFound(path.display().to_string()));
+                            }
+                            if complete {
+                                if let Some(e) = mismatch(&h, wire) {
+                                    return Err(e);
+                                }
+                                file.write_all_at(&[0, 0], seen_offset(Role::Sender))
+                                    .map_err(io("write"))?;
+                            } else {
+                                file.set_len(0).map_err(io("truncate"))?;
+                                file.write_all_at(&header(wire), 0).map_err(io("write"))?;
+                            }
+                            created = true;
+                        }
+                        _ => continue,
+                    }
+                }
+            }
+            if !created {
+                let mut h = [0u8; HEADER];
+                file.read_exact_at(&mut h, 0).map_err(io("read"))?;
+                if let Some(e) = mismatch(&h, wire) {
+                    return Err(e);
                 }
             }
             if !lock::try_lock(file.as_fd(), role_byte(role), lock::Kind::Exclusive)

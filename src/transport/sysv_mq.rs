@@ -22,6 +22,7 @@ use super::presence::{self, Presence};
 use super::{Link, LinkError, LinkOpenError, TransportKind, Wait, Wire};
 use crate::segment::Role;
 use crate::sys::msg::{self, MsgBuf, MsgQueue};
+use crate::sys::perm::Access;
 
 /// The key for a channel name.
 pub(crate) fn key_for(object: &str) -> i32 {
@@ -61,7 +62,7 @@ impl SysvMq {
         wire: &Wire,
         role: Role,
         create: bool,
-        mode: u32,
+        access: &Access,
         recv_type: i64,
     ) -> Result<Self, LinkOpenError> {
         let msgmax = msg::msgmax();
@@ -78,18 +79,27 @@ impl SysvMq {
             key.unwrap_or_else(|| key_for(object)),
             presence_path(object, key),
         );
-        let (mut presence, created) = Presence::attach(path, wire, role, create)?;
+        let (mut presence, created) = Presence::attach(path, wire, role, create, access)?;
         if created {
             if let Ok((old, _)) = MsgQueue::get(key, false, 0) {
                 let _ = old.remove(); // left by crashed processes
             }
         }
-        let (q, _) = MsgQueue::get(key, create || created, mode).map_err(|e| match e.kind() {
-            std::io::ErrorKind::NotFound => {
-                LinkOpenError::NotFound(format!("System V queue {key:#x}"))
-            }
-            _ => LinkOpenError::Io("msgget", e),
-        })?;
+        let (q, made) =
+            MsgQueue::get(key, create || created, access.mode).map_err(|e| match e.kind() {
+                std::io::ErrorKind::NotFound => {
+                    LinkOpenError::NotFound(format!("System V queue {key:#x}"))
+                }
+                _ => LinkOpenError::Io("msgget", e),
+            })?;
+        let (uid, gid) = q.owner().map_err(|e| LinkOpenError::Io("msgctl", e))?;
+        access
+            .check_ids(uid, gid)
+            .map_err(|e| LinkOpenError::perm(format_args!("System V queue {key:#x}"), e))?;
+        if let (true, Some(g)) = (made, access.group) {
+            q.set_group(g)
+                .map_err(|e| LinkOpenError::Io("msgctl(IPC_SET)", e))?;
+        }
         presence.on_last = Some(Box::new(move || {
             let _ = q.remove();
         }));

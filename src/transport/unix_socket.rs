@@ -3,9 +3,11 @@
 //! The receiver listens; any number of senders connect. Each connection starts with a
 //! hello each way (sender first), so a sender of the wrong type fails in `open` with a type
 //! mismatch and the receiver drops the connection. A thread of the receiver accepts and
-//! greets connections, so senders can connect while the receiver is busy. The receiver can restrict senders by
-//! uid, checked with `SO_PEERCRED` when a connection is accepted; a refused sender's `open`
-//! fails. Frames from several senders are interleaved whole; each sender's own frames
+//! greets connections, so senders can connect while the receiver is busy. Both ends check
+//! the other's user with `SO_PEERCRED` (`Options::allow_uid`, `allow_any_uid`, `group`;
+//! by default only their own user): the receiver when it accepts a connection (a refused
+//! sender's `open` fails), the sender right after connecting. A socket path is never
+//! followed through a symbolic link and must hold a socket. Frames from several senders are interleaved whole; each sender's own frames
 //! arrive in order. The receiver reports `Disconnected` once every sender that connected
 //! has gone and their frames are received.
 
@@ -23,6 +25,7 @@ use std::time::{Duration, Instant};
 use super::frame::{self, Fill, Hello, StreamRx, StreamTx, KIND_DATA, KIND_HELLO};
 use super::{Link, LinkError, LinkOpenError, TransportKind, Wait, Wire};
 use crate::sys::fd;
+use crate::sys::perm::Access;
 
 /// Where the socket lives.
 #[derive(Debug, Clone)]
@@ -80,18 +83,40 @@ fn io(op: &'static str) -> impl FnOnce(io::Error) -> LinkOpenError {
     move |e| LinkOpenError::Io(op, e)
 }
 
+/// Refuses a path that holds something other than a socket (a symbolic link included).
+fn check_kind(address: &Address) -> Result<(), LinkOpenError> {
+    let Address::Path(p) = address else {
+        return Ok(());
+    };
+    match std::fs::symlink_metadata(p) {
+        Ok(m) if m.file_type().is_symlink() => Err(LinkOpenError::WrongKind(format!(
+            "{} is a symbolic link (never followed)",
+            p.display()
+        ))),
+        Ok(m) if !m.file_type().is_socket() => Err(LinkOpenError::WrongKind(format!(
+            "{} is {}, not a socket",
+            p.display(),
+            super::kind_name(&m.file_type())
+        ))),
+        _ => Ok(()),
+    }
+}
+
 impl SocketSender {
-    /// Connects (waiting up to `timeout` for a listener) and exchanges hellos.
+    /// Connects (waiting up to `timeout` for a listener), checks that the receiver runs as
+    /// an accepted user (`SO_PEERCRED`), and exchanges hellos.
     pub(crate) fn connect(
         address: &Address,
         wire: &Wire,
         timeout: Duration,
+        access: &Access,
     ) -> Result<Self, LinkOpenError> {
         let addr = address
             .to_addr()
             .map_err(|e| LinkOpenError::Invalid(e.to_string()))?;
         let start = Instant::now();
         let stream = loop {
+            check_kind(address)?;
             match UnixStream::connect_addr(&addr) {
                 Ok(s) => break s,
                 Err(e)
@@ -113,6 +138,10 @@ impl SocketSender {
                 Err(e) => return Err(LinkOpenError::Io("connect", e)),
             }
         };
+        let (uid, gid, pid) = fd::peer_cred(stream.as_fd()).map_err(io("SO_PEERCRED"))?;
+        access
+            .check_ids(uid, gid)
+            .map_err(|e| LinkOpenError::perm(format_args!("the receiver (pid {pid})"), e))?;
         let reader = stream.try_clone().map_err(io("dup"))?;
         let mut tx = StreamTx::new(stream).map_err(io("fcntl"))?;
         let mut rx = StreamRx::new(reader).map_err(io("fcntl"))?;
@@ -150,7 +179,7 @@ impl Link for SocketSender {
 
 /// Accepts connections until told to stop: checks the peer's uid, reads its hello (for at
 /// most a second), answers with ours, and hands over the connections of the right type.
-fn acceptor(listener: UnixListener, wire: Wire, allow_uids: Vec<u32>, shared: Arc<Shared>) {
+fn acceptor(listener: UnixListener, wire: Wire, access: Access, shared: Arc<Shared>) {
     let hello = frame::hello(&wire);
     while !shared.stop.load(Ordering::Acquire) {
         let ready = fd::poll(&[(listener.as_fd(), true)], Some(Duration::from_millis(20)));
@@ -160,9 +189,7 @@ fn acceptor(listener: UnixListener, wire: Wire, allow_uids: Vec<u32>, shared: Ar
         let Ok((stream, _)) = listener.accept() else {
             continue;
         };
-        if !allow_uids.is_empty()
-            && !fd::peer_cred(stream.as_fd()).is_ok_and(|(uid, _)| allow_uids.contains(&uid))
-        {
+        if !fd::peer_cred(stream.as_fd()).is_ok_and(|(uid, gid, _)| access.allows(uid, gid)) {
             continue; // dropped: the sender's handshake fails
         }
         let Ok(mut writer) = stream.try_clone() else {
@@ -199,11 +226,12 @@ impl SocketReceiver {
     pub(crate) fn bind(
         address: &Address,
         wire: &Wire,
-        allow_uids: Vec<u32>,
+        access: Access,
     ) -> Result<Self, LinkOpenError> {
         let addr = address
             .to_addr()
             .map_err(|e| LinkOpenError::Invalid(e.to_string()))?;
+        check_kind(address)?;
         let listener = match UnixListener::bind_addr(&addr) {
             Ok(l) => l,
             Err(e) if e.kind() == io::ErrorKind::AddrInUse => {
@@ -223,8 +251,14 @@ impl SocketReceiver {
             Err(e) => return Err(LinkOpenError::Io("bind", e)),
         };
         if let Address::Path(p) = address {
+            // A socket's mode is its file's (connecting needs write permission on it); the
+            // file was just bound by us, so the path names it.
             use std::os::unix::fs::PermissionsExt;
-            let _ = std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o600));
+            std::fs::set_permissions(p, std::fs::Permissions::from_mode(access.mode & 0o777))
+                .map_err(io("chmod"))?;
+            if let Some(gid) = access.group {
+                std::os::unix::fs::lchown(p, None, Some(gid)).map_err(io("chown"))?;
+            }
         }
         listener.set_nonblocking(true).map_err(io("fcntl"))?;
         let shared = Arc::new(Shared {
@@ -234,7 +268,7 @@ impl SocketReceiver {
         let (s, w) = (shared.clone(), *wire);
         let acceptor = std::thread::Builder::new()
             .name("shmbus-acceptor".into())
-            .spawn(move || acceptor(listener, w, allow_uids, s))
+            .spawn(move || acceptor(listener, w, access, s))
             .map_err(io("spawn"))?;
         Ok(SocketReceiver {
             address: address.clone(),

@@ -38,6 +38,7 @@ use super::{Link, LinkError, LinkOpenError, TransportKind, Wait, Wire};
 use crate::error::TypeDesc;
 use crate::message::Encoding;
 use crate::options::Options;
+use crate::sys::perm::Access;
 use crate::sys::{fd, futex, lock};
 
 /// Where a new reader starts when it has no saved cursor.
@@ -90,7 +91,7 @@ pub const DEFAULT_SEGMENT_SIZE: u64 = 16 << 20;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct LogOptions {
     start: Start,
-    cursor: Option<String>,
+    pub(crate) cursor: Option<String>,
     durability: Durability,
     segment_size: u64,
     retention: Option<u64>,
@@ -291,6 +292,58 @@ fn control_header(wire: &Wire) -> Vec<u8> {
     h
 }
 
+/// Checks (and, if `create`, makes) the log directory: never a symbolic link, always a
+/// directory of an accepted owner; one this call created gets `access`'s mode and group.
+fn open_dir(dir: &Path, create: bool, access: &Access) -> Result<(), LinkOpenError> {
+    let io = |op| move |e| LinkOpenError::Io(op, e);
+    let mut created = false;
+    match std::fs::symlink_metadata(dir) {
+        Ok(m) if !m.file_type().is_dir() => {
+            return Err(LinkOpenError::WrongKind(format!(
+                "{} is {}, not a log directory{}",
+                dir.display(),
+                super::kind_name(&m.file_type()),
+                if m.file_type().is_symlink() {
+                    " (symbolic links are never followed)"
+                } else {
+                    ""
+                }
+            )))
+        }
+        Ok(_) => {}
+        Err(e) if e.kind() == io::ErrorKind::NotFound && create => {
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(access.dir_mode())
+                .create(dir)
+                .map_err(io("mkdir"))?;
+            created = true;
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            return Err(LinkOpenError::NotFound(dir.display().to_string()))
+        }
+        Err(e) => return Err(LinkOpenError::Io("stat", e)),
+    }
+    let d = OpenOptions::new()
+        .read(true)
+        .custom_flags(fd::O_NOFOLLOW | fd::O_DIRECTORY)
+        .open(dir)
+        .map_err(|e| match e.raw_os_error() {
+            Some(fd::ELOOP) | Some(fd::ENOTDIR) => LinkOpenError::WrongKind(format!(
+                "{} is not a directory (symbolic links are never followed)",
+                dir.display()
+            )),
+            _ => LinkOpenError::Io("open", e),
+        })?;
+    access
+        .check_fd(d.as_fd())
+        .map_err(|e| LinkOpenError::perm(dir.display(), e))?;
+    if created {
+        access.apply_fd(d.as_fd(), true).map_err(io("fchmod"))?;
+    }
+    Ok(())
+}
+
 impl Control {
     /// Opens the log in `dir` (creating the directory and control file if `create`), and
     /// checks that it carries `wire`'s type; `wire: None` accepts any type.
@@ -298,16 +351,10 @@ impl Control {
         dir: &Path,
         wire: Option<&Wire>,
         create: bool,
-        mode: u32,
+        access: &Access,
     ) -> Result<Control, LinkOpenError> {
         let io = |op| move |e| LinkOpenError::Io(op, e);
-        if create {
-            std::fs::DirBuilder::new()
-                .recursive(true)
-                .mode(0o700 | (mode & 0o777))
-                .create(dir)
-                .map_err(io("mkdir"))?;
-        }
+        open_dir(dir, create, access)?;
         let path = dir.join(CTL_NAME);
         let file = loop {
             match open_rw(&path) {
@@ -328,11 +375,12 @@ impl Control {
                         .write(true)
                         .create(true)
                         .truncate(true)
-                        .mode(mode & 0o777)
+                        .mode(access.mode & 0o777)
                         .custom_flags(fd::O_NOFOLLOW)
                         .open(&tmp)
                         .map_err(io("create"))?;
-                    let r = t.write_all_at(&control_header(wire), 0);
+                    let r = access.apply_fd(t.as_fd(), false);
+                    let r = r.and_then(|()| t.write_all_at(&control_header(wire), 0));
                     let r = r.and_then(|()| std::fs::hard_link(&tmp, &path));
                     let _ = std::fs::remove_file(&tmp);
                     match r {
@@ -344,11 +392,27 @@ impl Control {
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {
                     return Err(LinkOpenError::NotFound(path.display().to_string()))
                 }
+                Err(e) if e.raw_os_error() == Some(fd::ELOOP) => {
+                    return Err(LinkOpenError::WrongKind(format!(
+                        "{} is a symbolic link (never followed)",
+                        path.display()
+                    )))
+                }
                 Err(e) => return Err(LinkOpenError::Io("open", e)),
             }
         };
+        access
+            .check_fd(file.as_fd())
+            .map_err(|e| LinkOpenError::perm(path.display(), e))?;
         let meta = file.metadata().map_err(io("fstat"))?;
-        if !meta.is_file() || (meta.len() as usize) < CTL_LEN {
+        if !meta.is_file() {
+            return Err(LinkOpenError::WrongKind(format!(
+                "{} is {}, not a log control file",
+                path.display(),
+                super::kind_name(&meta.file_type())
+            )));
+        }
+        if (meta.len() as usize) < CTL_LEN {
             return Err(invalid(&path, "not a shmbus log control file"));
         }
         let mut h = [0u8; 256];
@@ -481,7 +545,7 @@ impl Segment {
         first: u64,
         io: FileIo,
         size: u64,
-        mode: u32,
+        access: &Access,
         sync: bool,
     ) -> io::Result<Segment> {
         let tmp = dir.join(format!(".{first:020}.seg.tmp"));
@@ -490,9 +554,10 @@ impl Segment {
             .write(true)
             .create(true)
             .truncate(true)
-            .mode(mode & 0o777)
+            .mode(access.mode & 0o777)
             .custom_flags(fd::O_NOFOLLOW)
             .open(&tmp)?;
+        access.apply_fd(file.as_fd(), false)?;
         let mut h = [0u8; SEG_HEADER as usize];
         h[..8].copy_from_slice(&SEG_MAGIC);
         h[8..16].copy_from_slice(&first.to_le_bytes());
@@ -604,7 +669,7 @@ pub(crate) struct LogWriter {
     off: u64,
     next: u64,
     opts: LogOptions,
-    mode: u32,
+    access: Access,
     unsynced: u32,
     buf: Vec<u8>,
 }
@@ -615,10 +680,10 @@ impl LogWriter {
         dir: &Path,
         wire: &Wire,
         create: bool,
-        mode: u32,
+        access: &Access,
         opts: &LogOptions,
     ) -> Result<LogWriter, LinkOpenError> {
-        let ctl = Control::open(dir, Some(wire), create, mode)?;
+        let ctl = Control::open(dir, Some(wire), create, access)?;
         let io = |op| move |e| LinkOpenError::Io(op, e);
         if !lock::try_lock(ctl.file.as_fd(), LOCK_WRITER, lock::Kind::Exclusive)
             .map_err(io("lock"))?
@@ -629,7 +694,7 @@ impl LogWriter {
         let segs = segments(dir).map_err(io("readdir"))?;
         let (seg, off, next) = match segs.last() {
             None => {
-                let seg = Segment::create(dir, 0, opts.io, opts.segment_size, mode, sync)
+                let seg = Segment::create(dir, 0, opts.io, opts.segment_size, access, sync)
                     .map_err(io("create segment"))?;
                 (seg, SEG_HEADER, 0)
             }
@@ -663,7 +728,7 @@ impl LogWriter {
             off,
             next,
             opts: opts.clone(),
-            mode,
+            access: access.clone(),
             unsynced: 0,
             buf: Vec::new(),
         };
@@ -696,7 +761,7 @@ impl LogWriter {
             self.next,
             self.opts.io,
             size,
-            self.mode,
+            &self.access,
             self.opts.durability != Durability::None,
         )?;
         self.off = SEG_HEADER;
@@ -836,12 +901,8 @@ pub(crate) struct LogReader {
 }
 
 fn check_cursor_name(name: &str) -> Result<(), LinkOpenError> {
-    if name.is_empty() || name == "." || name == ".." || name.contains(['/', '\0']) {
-        return Err(LinkOpenError::Invalid(format!(
-            "cursor name {name:?} is not a valid file name"
-        )));
-    }
-    Ok(())
+    crate::name::validate(name, "cursor name", false)
+        .map_err(|e| LinkOpenError::Invalid(e.to_string()))
 }
 
 impl LogReader {
@@ -851,10 +912,10 @@ impl LogReader {
         dir: &Path,
         wire: Option<&Wire>,
         create: bool,
-        mode: u32,
+        access: &Access,
         opts: &LogOptions,
     ) -> Result<LogReader, LinkOpenError> {
-        let ctl = Control::open(dir, wire, create, mode)?;
+        let ctl = Control::open(dir, wire, create, access)?;
         let io = |op| move |e| LinkOpenError::Io(op, e);
         lock::lock_wait(ctl.file.as_fd(), LOCK_READERS, lock::Kind::Shared).map_err(io("lock"))?;
         let mut cursor = None;
@@ -862,20 +923,44 @@ impl LogReader {
         if let Some(name) = &opts.cursor {
             check_cursor_name(name)?;
             let cdir = cursor_dir(dir);
+            let made_dir = !cdir.exists();
             std::fs::DirBuilder::new()
                 .recursive(true)
-                .mode(0o700)
+                .mode(access.dir_mode())
                 .create(&cdir)
                 .map_err(io("mkdir"))?;
-            let f = OpenOptions::new()
-                .read(true)
-                .write(true)
-                .create(true)
-                .truncate(false)
-                .mode(mode & 0o777)
-                .custom_flags(fd::O_NOFOLLOW)
-                .open(cdir.join(name))
-                .map_err(io("open cursor"))?;
+            if made_dir {
+                let d = File::open(&cdir).map_err(io("open"))?;
+                access.apply_fd(d.as_fd(), true).map_err(io("fchmod"))?;
+            }
+            let path = cdir.join(name);
+            let open = |new: bool| {
+                OpenOptions::new()
+                    .read(true)
+                    .write(true)
+                    .create_new(new)
+                    .mode(access.mode & 0o777)
+                    .custom_flags(fd::O_NOFOLLOW)
+                    .open(&path)
+            };
+            let (f, made) = match open(true) {
+                Ok(f) => (Ok(f), true),
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => (open(false), false),
+                Err(e) => (Err(e), false),
+            };
+            let f = f.map_err(|e| match e.raw_os_error() {
+                Some(fd::ELOOP) => LinkOpenError::WrongKind(format!(
+                    "cursor {} is a symbolic link (never followed)",
+                    path.display()
+                )),
+                _ => LinkOpenError::Io("open cursor", e),
+            })?;
+            access
+                .check_fd(f.as_fd())
+                .map_err(|e| LinkOpenError::perm(path.display(), e))?;
+            if made {
+                access.apply_fd(f.as_fd(), false).map_err(io("fchmod"))?;
+            }
             let mut b = [0u8; 8];
             if f.read_exact_at(&mut b, 0).is_ok() {
                 saved = Some(u64::from_le_bytes(b));

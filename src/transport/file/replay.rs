@@ -117,8 +117,14 @@ pub fn replay<T: Message>(
         start,
         ..LogOptions::default()
     };
-    let mut r = LogReader::open(dir, Some(&wire), false, 0o600, &opts)
-        .map_err(|e| open_error::<T>(&dir.display().to_string(), e))?;
+    let mut r = LogReader::open(
+        dir,
+        Some(&wire),
+        false,
+        &crate::sys::perm::Access::default(),
+        &opts,
+    )
+    .map_err(|e| open_error::<T>(&dir.display().to_string(), e))?;
     let scale = match pace {
         Pace::AsFast => None,
         Pace::Recorded => Some(1.0),
