@@ -239,7 +239,12 @@ fn create(key: i32, file: File, lock_path: &Path, spec: &Spec) -> Result<Segment
 /// Holding the lifetime lock exclusively while removing keeps openers out (they see the lock
 /// file unlinked and start over). Returns whether it removed them.
 pub(crate) fn remove_if_unused(lock_path: &Path, key: i32) -> io::Result<bool> {
-    let file = open_lock_file(lock_path, false, 0)?;
+    // Only this user's lock files (the default access policy); anything else is refused.
+    let file = open_lock_file(lock_path, false, &Access::default()).map_err(|e| match e {
+        SegmentError::NotFound => io::Error::from(io::ErrorKind::NotFound),
+        SegmentError::Io(_, e) => e,
+        other => io::Error::other(format!("{other:?}")),
+    })?;
     if !lock::try_lock(file.as_fd(), LIFE_LOCK, lock::Kind::Exclusive)? {
         return Ok(false);
     }
