@@ -31,7 +31,7 @@
 
 use std::io;
 
-pub use crate::channel::raw::{RawSendError, RawSender};
+pub use crate::channel::raw::{RawMessage, RawReceiver, RawRecvError, RawSendError, RawSender};
 
 use crate::message::Encoding;
 use crate::name;
