@@ -161,6 +161,8 @@ struct Counters {
     rejected: AtomicU64,
     undeliverable: AtomicU64,
     attached: AtomicU64,
+    /// Set once the route has tried to attach the first time.
+    tried: AtomicBool,
 }
 
 impl Counters {
@@ -386,6 +388,14 @@ impl Bridge {
             bridge.threads.push(thread);
             bridge.stats.push((channel, to, counters));
         }
+        // Return once every route has tried to attach to its channel: a channel that exists
+        // now is bridged from here on (in a broadcast channel, a subscriber sees only what
+        // is sent after it joined).
+        for (_, _, c) in &bridge.stats {
+            while !c.tried.load(Ordering::Acquire) {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        }
         tracing::info!(id, zid = %bridge.session.zid(), "bridge started");
         Ok(bridge)
     }
@@ -453,6 +463,8 @@ fn attach<T>(
                     .map(|end| (end, info))
                     .map_err(|e| e.to_string())
             });
+        // After the attempt: `start` waits for this (an attached receiver already counts).
+        ctx.counters.tried.store(true, Ordering::Release);
         match opened {
             Ok(x) => {
                 Counters::add(&ctx.counters.attached, 1);
@@ -487,6 +499,9 @@ fn to_zenoh(ctx: Ctx) {
         let publisher = match ctx
             .session
             .declare_publisher(ctx.key.clone())
+            // Only other sessions: also what the matching status counts, so the bridge's
+            // own subscription to the same key never opens the gate.
+            .allowed_destination(Locality::Remote)
             .congestion_control(if lossless {
                 CongestionControl::Block
             } else {

@@ -204,6 +204,64 @@ fn loopback_typed_messages_arrive_intact_and_in_order() {
     two_hosts_exchange(&h, &ends, 20_000);
 }
 
+/// Both hosts bridge channel `chat` both ways; each host's local receiver gets every
+/// message once: its own host's directly, the other's through Zenoh, and no echo.
+#[test]
+fn both_directions_on_one_channel_do_not_echo() {
+    let h = Harness::new("bridge-echo");
+    let port = free_port("127.0.0.1");
+    let ep = format!("tcp/127.0.0.1:{port}");
+    let (pa, pb) = (host_prefix(&h, "a"), host_prefix(&h, "b"));
+    let open = |prefix: &str| {
+        let mut o = options(prefix);
+        // Room for everything: each host sends all its messages before it reads.
+        o.delivery(Delivery::Broadcast).capacity(4096);
+        let rx = Receiver::<Note>::open_or_create("chat", &o).unwrap();
+        let tx = Sender::<Note>::open_or_create("chat", &o).unwrap();
+        (tx, rx)
+    };
+    let ((tx_a, rx_a), (tx_b, rx_b)) = (open(&pa), open(&pb));
+    let _a = spawn_bridge(&h, &[], &pa, "chat", "chat", &ep, "");
+    let _b = spawn_bridge(&h, &[], &pb, "chat", "chat", "", &ep);
+    const N: u64 = 500;
+    const FENCE: u64 = u64::MAX;
+    // Host A sends 0..N, host B N..2N, then each a fence once it has all 2N: an echo of
+    // anything would be published before the other host's fence, so it would show up.
+    let run = move |tx: Sender<Note>, rx: Receiver<Note>, first: u64| {
+        std::thread::spawn(move || {
+            for seq in first..first + N {
+                tx.send(Note::new(seq)).unwrap();
+            }
+            let mut seen = vec![0u32; 2 * N as usize];
+            let mut fences = 0;
+            let mut all = false;
+            let start = Instant::now();
+            while fences < 2 {
+                assert!(start.elapsed() < PATIENCE, "stuck: {fences} fences, all {all}");
+                match rx.recv_timeout(Duration::from_millis(100)) {
+                    Ok(n) if n.seq == FENCE => fences += 1,
+                    Ok(n) => {
+                        assert_eq!(*n, Note::new(n.seq));
+                        seen[n.seq as usize] += 1;
+                    }
+                    Err(RecvTimeoutError::Timeout) => {}
+                    Err(e) => panic!("{e}"),
+                }
+                if !all && seen.iter().all(|&c| c > 0) {
+                    all = true;
+                    tx.send(Note::new(FENCE)).unwrap();
+                }
+            }
+            seen
+        })
+    };
+    let (a, b) = (run(tx_a, rx_a, 0), run(tx_b, rx_b, N));
+    for (host, seen) in [("a", a.join().unwrap()), ("b", b.join().unwrap())] {
+        let dup: Vec<usize> = (0..seen.len()).filter(|&i| seen[i] != 1).collect();
+        assert!(dup.is_empty(), "host {host}: messages not seen exactly once: {dup:?}");
+    }
+}
+
 /// The parent sends ticks into host A's broadcast channel without end; host B's consumer
 /// checks that sequence numbers only grow and the content is intact.
 struct Flow {
