@@ -63,9 +63,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use shmbus::inspect::{
-    InspectError, Observer, RawReceiver, RawRecvError, RawSendError, RawSender,
-};
+use shmbus::inspect::{InspectError, Observer, RawReceiver, RawRecvError, RawSendError, RawSender};
 use shmbus::{OpenError, Options};
 use zenoh::qos::CongestionControl;
 use zenoh::sample::Locality;
@@ -212,7 +210,8 @@ impl BridgeBuilder {
     ///
     /// If `route` has an empty channel name.
     pub fn to_zenoh(&mut self, route: &str) -> &mut Self {
-        self.to_zenoh.push(route.parse().expect("a route needs a channel name"));
+        self.to_zenoh
+            .push(route.parse().expect("a route needs a channel name"));
         self
     }
 
@@ -554,8 +553,7 @@ fn to_zenoh(ctx: Ctx) {
 /// Zenoh to a local channel.
 fn from_zenoh(ctx: Ctx) {
     while !ctx.stop.load(Ordering::Relaxed) {
-        let Some((mut tx, info)) = attach(&ctx, |o, i| RawSender::open(&ctx.channel, o, i))
-        else {
+        let Some((mut tx, info)) = attach(&ctx, |o, i| RawSender::open(&ctx.channel, o, i)) else {
             return;
         };
         tx.set_forwarded(true);

@@ -126,7 +126,10 @@ mod tests {
         assert_eq!(bytes.len(), HEADER_LEN + 4);
         assert_eq!(Attachment::decode(&bytes), Ok(a));
         for n in 0..HEADER_LEN {
-            assert_eq!(Attachment::decode(&bytes[..n]), Err(AttachmentError::Short(n)));
+            assert_eq!(
+                Attachment::decode(&bytes[..n]),
+                Err(AttachmentError::Short(n))
+            );
         }
         let mut bad = bytes.clone();
         bad[0] = b'X';

@@ -156,7 +156,10 @@ fn receive_in_order<T: Message + PartialEq + std::fmt::Debug>(
     let start = Instant::now();
     let mut i = 0;
     while i < n {
-        assert!(start.elapsed() < PATIENCE, "only {i} of {n} messages arrived");
+        assert!(
+            start.elapsed() < PATIENCE,
+            "only {i} of {n} messages arrived"
+        );
         match rx.recv_timeout(Duration::from_millis(100)) {
             Ok(m) => {
                 assert_eq!(*m, expected(i), "message {i}");
@@ -237,7 +240,10 @@ fn both_directions_on_one_channel_do_not_echo() {
             let mut all = false;
             let start = Instant::now();
             while fences < 2 {
-                assert!(start.elapsed() < PATIENCE, "stuck: {fences} fences, all {all}");
+                assert!(
+                    start.elapsed() < PATIENCE,
+                    "stuck: {fences} fences, all {all}"
+                );
                 match rx.recv_timeout(Duration::from_millis(100)) {
                     Ok(n) if n.seq == FENCE => fences += 1,
                     Ok(n) => {
@@ -258,7 +264,10 @@ fn both_directions_on_one_channel_do_not_echo() {
     let (a, b) = (run(tx_a, rx_a, 0), run(tx_b, rx_b, N));
     for (host, seen) in [("a", a.join().unwrap()), ("b", b.join().unwrap())] {
         let dup: Vec<usize> = (0..seen.len()).filter(|&i| seen[i] != 1).collect();
-        assert!(dup.is_empty(), "host {host}: messages not seen exactly once: {dup:?}");
+        assert!(
+            dup.is_empty(),
+            "host {host}: messages not seen exactly once: {dup:?}"
+        );
     }
 }
 
@@ -489,7 +498,10 @@ impl Netns {
         let ns = Netns { names };
         let [a, b] = &ns.names;
         let ip = |args: &[&str]| {
-            let ok = Command::new("ip").args(args).status().is_ok_and(|s| s.success());
+            let ok = Command::new("ip")
+                .args(args)
+                .status()
+                .is_ok_and(|s| s.success());
             assert!(ok, "ip {}", args.join(" "));
         };
         ip(&["netns", "add", a]);

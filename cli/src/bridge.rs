@@ -66,7 +66,9 @@ pub fn run(prefix: &str, args: Args) -> crate::Result {
         bridge.session().zid()
     );
     loop {
-        std::thread::sleep(std::time::Duration::from_millis(args.stats.unwrap_or(3_600_000)));
+        std::thread::sleep(std::time::Duration::from_millis(
+            args.stats.unwrap_or(3_600_000),
+        ));
         if args.stats.is_some() {
             for (channel, to, s) in bridge.stats() {
                 let dir = if to { "to-zenoh" } else { "from-zenoh" };

@@ -159,7 +159,11 @@ impl RawReceiver {
     /// # Errors
     ///
     /// As for [`Receiver::open`](crate::Receiver::open).
-    pub fn open(name: &str, options: &Options, info: MessageInfo) -> Result<RawReceiver, OpenError> {
+    pub fn open(
+        name: &str,
+        options: &Options,
+        info: MessageInfo,
+    ) -> Result<RawReceiver, OpenError> {
         let end = End::open_info(name, options, OpenMode::Open, Role::Receiver, info)?;
         let consumer = Consumer::new(&end.seg, end.index, end.delivery);
         Ok(RawReceiver { end, consumer })
@@ -202,9 +206,9 @@ impl RawReceiver {
         };
         match take {
             Take::Ready { pos, len } => {
-                let forwarded =
-                    mem.slot(pos).flags.load(crate::sync::Ordering::Relaxed) & slot_flags::FORWARDED
-                        != 0;
+                let forwarded = mem.slot(pos).flags.load(crate::sync::Ordering::Relaxed)
+                    & slot_flags::FORWARDED
+                    != 0;
                 let payload = mem.payload(pos);
                 let mut bytes = vec![0u8; len as usize];
                 debug_assert!(len as usize <= self.end.seg_max_message());
