@@ -271,6 +271,82 @@ fn both_directions_on_one_channel_do_not_echo() {
     }
 }
 
+/// A `DropOldest` channel never waits for the bridge: when the bridge falls behind (here it
+/// is stopped with SIGSTOP while the ring laps), what it missed is its `lagged` counter in
+/// the channel, and what arrives on the other host is still in order and intact.
+#[test]
+fn drop_oldest_channel_counts_what_the_bridge_missed() {
+    use nix::sys::signal::{kill, Signal};
+    use nix::unistd::Pid;
+    let h = Harness::new("bridge-lag");
+    let port = free_port("127.0.0.1");
+    let ep = format!("tcp/127.0.0.1:{port}");
+    let (pa, pb) = (host_prefix(&h, "a"), host_prefix(&h, "b"));
+    let mut o = options(&pa);
+    o.delivery(Delivery::Broadcast)
+        .overflow(shmbus::Overflow::DropOldest)
+        .capacity(64);
+    let tx = Sender::<Tick>::open_or_create("ticks", &o).unwrap();
+    let rx = Receiver::<Tick>::open_or_create("ticks", &options(&pb)).unwrap();
+    let a = spawn_bridge(&h, &[], &pa, "ticks", "", &ep, "");
+    let _b = spawn_bridge(&h, &[], &pb, "", "ticks", "", &ep);
+    // Until the first tick arrives, the remote side may not be subscribed yet: send again.
+    let mut seq = 0;
+    let first = loop {
+        tx.send(Tick::new(seq)).unwrap();
+        seq += 1;
+        match rx.recv_timeout(Duration::from_millis(20)) {
+            Ok(t) => break t.seq,
+            Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => {}
+            Err(e) => panic!("{e}"),
+        }
+    };
+    let stopped = Pid::from_raw(a.pid() as i32);
+    kill(stopped, Signal::SIGSTOP).unwrap();
+    // The bridge reads nothing meanwhile; the ring (64 slots) laps many times.
+    let burst = 2_000;
+    for _ in 0..burst {
+        tx.send(Tick::new(seq)).unwrap();
+        seq += 1;
+    }
+    kill(stopped, Signal::SIGCONT).unwrap();
+    let end = seq;
+    tx.send(Tick::new(end)).unwrap();
+    let (mut last, mut received) = (first, 1u64);
+    let start = Instant::now();
+    while last < end {
+        assert!(start.elapsed() < PATIENCE, "stuck at tick {last} of {end}");
+        match rx.recv_timeout(Duration::from_millis(200)) {
+            Ok(t) => {
+                assert!(t.seq > last, "tick {} after {last}", t.seq);
+                assert_eq!(*t, Tick::new(t.seq));
+                last = t.seq;
+                received += 1;
+            }
+            Err(RecvTimeoutError::Timeout) => {
+                // Zenoh may drop the very last tick too (`CongestionControl::Drop`): send on.
+                seq += 1;
+                tx.send(Tick::new(seq)).unwrap();
+            }
+            Err(e) => panic!("{e}"),
+        }
+    }
+    let info = shmbus::inspect::Observer::open(&pa, "ticks")
+        .unwrap()
+        .info();
+    let lagged: u64 = info.receivers.iter().map(|r| r.counters.lagged).sum();
+    let missing = last - first + 1 - received;
+    eprintln!("received {received}, missing {missing}, lagged (channel counter) {lagged}");
+    assert!(
+        lagged > 0,
+        "the stopped bridge lagged, and the channel counted it"
+    );
+    assert!(
+        missing >= lagged,
+        "{missing} missing but {lagged} counted as lagged"
+    );
+}
+
 /// The parent sends ticks into host A's broadcast channel without end; host B's consumer
 /// checks that sequence numbers only grow and the content is intact.
 struct Flow {

@@ -343,7 +343,10 @@ fn bridge(prefix: &str, args: &[&str]) -> BridgeProc {
     BufReader::new(child.stdout.take().unwrap())
         .read_line(&mut line)
         .unwrap();
-    assert!(line.starts_with("bridge "), "shmbus bridge printed {line:?}");
+    assert!(
+        line.starts_with("bridge "),
+        "shmbus bridge printed {line:?}"
+    );
     BridgeProc(child)
 }
 
