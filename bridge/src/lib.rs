@@ -57,7 +57,7 @@
 mod config;
 pub mod wire;
 
-use std::collections::HashMap;
+use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -350,8 +350,13 @@ impl Bridge {
                 .key
                 .clone()
                 .unwrap_or_else(|| wire::key_of(&b.key_prefix, &r.channel));
-            zenoh::key_expr::KeyExpr::try_from(key.clone())
+            let ke = zenoh::key_expr::KeyExpr::try_from(key.clone())
                 .map_err(|e| bad(format!("key {key:?}: {e}")))?;
+            if to && ke.is_wild() {
+                return Err(bad(format!(
+                    "key {key:?} has wildcards: a channel is published on one key"
+                )));
+            }
             routes.push((to, r.channel.clone(), key));
         }
         let config = b.zenoh.to_config()?;
@@ -452,7 +457,7 @@ fn attach<T>(
     ctx: &Ctx,
     open: impl Fn(&Options, shmbus::MessageInfo) -> Result<T, OpenError>,
 ) -> Option<(T, shmbus::MessageInfo)> {
-    let mut warned: HashMap<String, ()> = HashMap::new();
+    let mut warned: HashSet<String> = HashSet::new();
     while !ctx.stop.load(Ordering::Relaxed) {
         let opened = Observer::open(&ctx.shm_prefix, &ctx.channel)
             .map_err(|e| e.to_string())
@@ -471,7 +476,7 @@ fn attach<T>(
                 return Some(x);
             }
             Err(e) => {
-                if warned.insert(e.clone(), ()).is_none() {
+                if warned.insert(e.clone()) {
                     tracing::info!(channel = ctx.channel, "waiting for the channel: {e}");
                 }
                 std::thread::sleep(POLL);
@@ -641,5 +646,26 @@ fn from_zenoh(ctx: Ctx) {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn routes_are_checked_before_the_session_opens() {
+        use crate::{Bridge, BridgeError};
+        let err = |b: &mut crate::BridgeBuilder| match b.start() {
+            Err(e) => e,
+            Ok(_) => panic!("started"),
+        };
+        assert!(matches!(err(&mut Bridge::builder()), BridgeError::NoRoutes));
+        let e = err(Bridge::builder().to_zenoh("bad/name"));
+        assert!(matches!(e, BridgeError::Route { .. }), "{e}");
+        let e = err(Bridge::builder().to_zenoh("ticks=site/*/ticks"));
+        assert!(e.to_string().contains("wildcards"), "{e}");
+        let e = err(Bridge::builder()
+            .from_zenoh("ticks")
+            .config_file("/nonexistent/zenoh.json5"));
+        assert!(matches!(e, BridgeError::Config { .. }), "{e}");
     }
 }

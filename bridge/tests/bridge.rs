@@ -561,6 +561,31 @@ fn python_zenoh_subscriber_receives_a_shmbus_channel() {
     assert!(py.0.wait().unwrap().success(), "python failed");
 }
 
+#[test]
+fn python_zenoh_publisher_feeds_a_shmbus_channel() {
+    let Some(python) = python_with_zenoh() else {
+        return;
+    };
+    let h = Harness::new("bridge-pypub");
+    let pb = host_prefix(&h, "b");
+    let port = free_port("127.0.0.1");
+    let ep = format!("tcp/127.0.0.1:{port}");
+    let rx = Receiver::<Tick>::open_or_create("ticks", &options(&pb)).unwrap();
+    let _b = spawn_bridge(&h, &[], &pb, "", "ticks", &ep, "");
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/python/publish.py");
+    let n = 200u64;
+    let fingerprint = format!("{:016x}", Tick::INFO.fingerprint);
+    let mut py = Reap(
+        Command::new(&python)
+            .args([script, "--connect", &ep, "--key", "shmbus/ticks"])
+            .args(["--fingerprint", &fingerprint, "--count", &n.to_string()])
+            .spawn()
+            .expect("starting python"),
+    );
+    receive_in_order(&rx, n, Tick::new);
+    assert!(py.0.wait().unwrap().success(), "python failed");
+}
+
 /// Two network namespaces joined by a veth pair; removed when dropped.
 struct Netns {
     names: [String; 2],
