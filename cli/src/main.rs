@@ -4,6 +4,7 @@
 //! (which attaches as a sender), `clean` (which removes channels nobody holds) and `demo`.
 
 mod bench;
+mod bridge;
 mod demo;
 mod format;
 mod postcard;
@@ -124,6 +125,9 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Carry channels to and from other machines over Zenoh (needs the `bridge` feature:
+    /// `cargo install --path cli --features bridge`).
+    Bridge(bridge::Args),
     #[command(name = "__bench_child", hide = true)]
     BenchChild {
         transport: String,
@@ -191,6 +195,7 @@ fn main() -> ExitCode {
             stream,
             json,
         } => bench::run(prefix, &transports, round_trips, stream, json),
+        Command::Bridge(args) => bridge::run(prefix, args),
         Command::BenchChild {
             transport,
             id,

@@ -480,3 +480,76 @@ fn demo_streams_between_processes_and_cleans_up() {
     assert!(text.contains("200 samples"), "{text}");
     assert!(leftovers(&p).is_empty(), "{:?}", leftovers(&p));
 }
+
+/// Kills and reaps a `shmbus bridge` process when dropped.
+#[cfg(feature = "bridge")]
+struct BridgeProc(std::process::Child);
+
+#[cfg(feature = "bridge")]
+impl Drop for BridgeProc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[cfg(feature = "bridge")]
+fn bridge(prefix: &str, args: &[&str]) -> BridgeProc {
+    use std::io::{BufRead, BufReader};
+    let mut child = Command::new(env!("CARGO_BIN_EXE_shmbus"))
+        .args(["--prefix", prefix, "bridge", "--no-multicast"])
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("run shmbus bridge");
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert!(
+        line.starts_with("bridge "),
+        "shmbus bridge printed {line:?}"
+    );
+    BridgeProc(child)
+}
+
+#[cfg(feature = "bridge")]
+#[test]
+fn bridge_carries_a_channel_between_two_prefixes() {
+    let (pa, pb) = (prefix("bridge-a"), prefix("bridge-b"));
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let ep = format!("tcp/127.0.0.1:{port}");
+    let tx = Sender::<Quote>::create("quotes", &opts(&pa)).unwrap();
+    let rx = Receiver::<Quote>::create("quotes", &opts(&pb)).unwrap();
+    let _a = bridge(&pa, &["--to-zenoh", "quotes", "--listen", &ep]);
+    let _b = bridge(&pb, &["--from-zenoh", "quotes", "--connect", &ep]);
+    for i in 0..100 {
+        tx.send(quote(i)).unwrap();
+    }
+    for i in 0..100 {
+        let q = loop {
+            match rx.recv_timeout(Duration::from_secs(60)) {
+                Ok(q) => break q.into_inner(),
+                // The bridge is not attached yet.
+                Err(shmbus::RecvTimeoutError::Disconnected) => {
+                    std::thread::sleep(Duration::from_millis(5))
+                }
+                Err(e) => panic!("{e}"),
+            }
+        };
+        assert_eq!(q, quote(i));
+    }
+}
+
+#[cfg(not(feature = "bridge"))]
+#[test]
+fn bridge_without_the_feature_says_how_to_get_it() {
+    let out = shmbus("shmbus-clitest-nobridge.", &["bridge", "--to-zenoh", "x"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--features bridge"));
+}

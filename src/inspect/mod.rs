@@ -34,7 +34,7 @@ use std::io;
 mod procfs;
 mod scan;
 
-pub use crate::channel::raw::{RawSendError, RawSender};
+pub use crate::channel::raw::{RawMessage, RawReceiver, RawRecvError, RawSendError, RawSender};
 pub use scan::{clean_stale, scan, Endpoint, Peer, Removed, Scan, Transport};
 
 use crate::message::Encoding;

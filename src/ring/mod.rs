@@ -504,10 +504,16 @@ impl Producer {
     /// `skip`, nothing: receivers step over it). Returns whether a wake-up was issued.
     #[inline]
     pub(crate) fn commit<M: Memory>(&self, mem: &M, pos: u64, len: u32, skip: bool) -> bool {
+        self.commit_flags(mem, pos, len, if skip { slot_flags::SKIP } else { 0 })
+    }
+
+    /// [`commit`](Self::commit) with explicit [`slot_flags`].
+    #[inline]
+    pub(crate) fn commit_flags<M: Memory>(&self, mem: &M, pos: u64, len: u32, flags: u32) -> bool {
+        let skip = flags & slot_flags::SKIP != 0;
         let slot = mem.slot(pos);
         slot.len.store(len, Ordering::Relaxed);
-        slot.flags
-            .store(if skip { slot_flags::SKIP } else { 0 }, Ordering::Relaxed);
+        slot.flags.store(flags, Ordering::Relaxed);
         slot.seq.store(pos + 1, Ordering::Release);
         let woke = wait::notify(mem, Role::Receiver);
         // Statistics, on our own line (after the commit: never delays the receiver).

@@ -259,6 +259,10 @@ pub(crate) mod slot_flags {
     /// The slot carries no message (a loan that was dropped, or reclaimed from a dead
     /// sender): the receiver skips it.
     pub(crate) const SKIP: u32 = 1;
+    /// The message came into this channel from outside the machine (a bridge wrote it with
+    /// [`RawSender::set_forwarded`](crate::inspect::RawSender::set_forwarded)): bridges do not
+    /// carry it out again. Typed receivers ignore the bit.
+    pub(crate) const FORWARDED: u32 = 2;
 }
 
 #[cfg(not(shmbus_loom))]

@@ -160,12 +160,31 @@ impl Harness {
     /// Starts a child playing `role` on `channel`, with parameters `params` (read in the
     /// child with [`param`] / [`param_or`]).
     pub fn spawn_on(&self, channel: &str, role: &str, params: &[(&str, &dyn Display)]) -> Child {
+        self.spawn_via(&[], channel, role, params)
+    }
+
+    /// [`spawn_on`](Self::spawn_on) through a wrapper command that executes the rest of its
+    /// command line in place (e.g. `ip netns exec NS`), so the child's pid stays its own.
+    pub fn spawn_via(
+        &self,
+        wrapper: &[&str],
+        channel: &str,
+        role: &str,
+        params: &[(&str, &dyn Display)],
+    ) -> Child {
         // Serialise spawning (nix-rust/nix `test/test.rs`): a child forked while another test
         // thread is mid-way through its own spawn must not pick up that one's pipes.
         static SPAWN: Mutex<()> = Mutex::new(());
 
         let exe = std::env::current_exe().expect("current_exe");
-        let mut cmd = Command::new(exe);
+        let mut cmd = match wrapper.split_first() {
+            Some((program, args)) => {
+                let mut c = Command::new(program);
+                c.args(args).arg(exe);
+                c
+            }
+            None => Command::new(exe),
+        };
         cmd.args(["--exact", CHILD_TEST, "--nocapture", "--test-threads=1"])
             .env(ROLE_VAR, role)
             .env(CHANNEL_VAR, channel)
