@@ -127,6 +127,13 @@ impl Presence {
                     Ok(f) => {
                         lock::lock_wait(f.as_fd(), LIFE, lock::Kind::Exclusive)
                             .map_err(io("lock"))?;
+                        // Between `create_new` and our lock, an opener may have found the
+                        // file empty and nobody holding it (as a creator that died before
+                        // writing the header leaves it) and removed it; then it makes its
+                        // own. Ours is gone: start over, or two queues would be in use.
+                        if f.metadata().map_err(io("fstat"))?.nlink() == 0 {
+                            continue;
+                        }
                         f.write_all_at(&header(wire), 0).map_err(io("write"))?;
                         // Stays exclusive until the caller has set up the queue (`share`).
                         created = true;
