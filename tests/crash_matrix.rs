@@ -27,7 +27,7 @@
 
 mod common;
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::path::PathBuf;
 use std::sync::atomic::{
     AtomicU64,
@@ -394,6 +394,7 @@ struct Stats {
     iterations: u64,
     kills_sender: u64,
     kills_receiver: u64,
+    early_kills: u64,
     restarts: u64,
     messages: u64,
     held_by_dead_receiver: u64,
@@ -425,6 +426,8 @@ struct Iteration<'a> {
     at: Place,
     opts: Option<Options>,
     pace: Pace,
+    /// When the victim was killed (`now_ns`), 0 before.
+    killed_at: Cell<u64>,
 }
 
 impl Iteration<'_> {
@@ -536,6 +539,13 @@ impl Iteration<'_> {
         // Each worker kept its end and closed the other; this process closes both, so the
         // survivor of a kill holds the only end left.
         drop(pipe);
+        // Sometimes the kill comes early, at any point of opening (creating, initialising,
+        // attaching, greeting): where the transport lets the survivor keep its handle.
+        if self.b.restart_in_place && victim != Victim::None && rng.chance(25) {
+            std::thread::sleep(Duration::from_micros(rng.below(1500)));
+            stats.early_kills += 1;
+            return self.early_kill(victim, s, r, rng, stats);
+        }
         self.wait_for("the stream starting", &[r, s], || {
             self.w(S).acked.load(Acquire) > 0 && self.w(R).received.load(Acquire) > 0
         });
@@ -545,6 +555,7 @@ impl Iteration<'_> {
             Victim::Sender => {
                 stats.kills_sender += 1;
                 let killed_at = kill_worker(s);
+                self.killed_at.set(killed_at);
                 // (A survivor that cannot continue ends by itself once it saw the death.)
                 let watch = if self.b.restart_in_place {
                     vec![r]
@@ -559,7 +570,7 @@ impl Iteration<'_> {
                     .push(self.detection_us(R, killed_at));
                 if !self.b.restart_in_place {
                     self.expect_success(r, "the surviving receiver");
-                    self.check(victim, stats);
+                    self.check(victim, false, stats);
                     return;
                 }
                 stats.restarts += 1;
@@ -572,6 +583,7 @@ impl Iteration<'_> {
             Victim::Receiver => {
                 stats.kills_receiver += 1;
                 let killed_at = kill_worker(r);
+                self.killed_at.set(killed_at);
                 if self.b.sender_sees_receiver_death {
                     let watch = if self.b.restart_in_place {
                         vec![s]
@@ -587,7 +599,7 @@ impl Iteration<'_> {
                 }
                 if !self.b.restart_in_place {
                     self.expect_success(s, "the surviving sender");
-                    self.check(victim, stats);
+                    self.check(victim, false, stats);
                     return;
                 }
                 stats.restarts += 1;
@@ -604,7 +616,36 @@ impl Iteration<'_> {
         self.expect_success(sender, "the sender");
         self.board.stop_rx.store(1, Release);
         self.expect_success(receiver, "the receiver");
-        self.check(victim, stats);
+        self.check(victim, false, stats);
+    }
+
+    /// Kills `victim` wherever it is (perhaps still opening), restarts it, stops cleanly
+    /// and checks. Detection is not timed here (the survivor may never have seen the victim).
+    fn early_kill(&self, victim: Victim, s: Pid, r: Pid, rng: &mut Rng, stats: &mut Stats) {
+        stats.restarts += 1;
+        let (sender, receiver) = if victim == Victim::Sender {
+            stats.kills_sender += 1;
+            self.killed_at.set(kill_worker(s));
+            let s2 = self.spawn_sender(S2, 1, None);
+            self.wait_for("the restarted sender's messages arriving", &[r, s2], || {
+                self.w(R).hi[1].load(Acquire) > 0
+            });
+            (s2, r)
+        } else {
+            stats.kills_receiver += 1;
+            self.killed_at.set(kill_worker(r));
+            let r2 = self.spawn_receiver(R2, None);
+            self.wait_for("the restarted receiver receiving", &[s, r2], || {
+                self.w(R2).received.load(Acquire) > 0
+            });
+            (s, r2)
+        };
+        std::thread::sleep(Duration::from_micros(rng.below(2000)));
+        self.board.stop_tx.store(now_ns(), Release);
+        self.expect_success(sender, "the sender");
+        self.board.stop_rx.store(1, Release);
+        self.expect_success(receiver, "the receiver");
+        self.check(victim, true, stats);
     }
 
     fn detection_us(&self, survivor: usize, killed_at: u64) -> u64 {
@@ -620,7 +661,7 @@ impl Iteration<'_> {
     }
 
     /// Checks the iteration's reports against the transport's promises.
-    fn check(&self, victim: Victim, stats: &mut Stats) {
+    fn check(&self, victim: Victim, early: bool, stats: &mut Stats) {
         let fail = |what: String| -> ! {
             panic!(
                 "{} iteration {} ({victim:?} killed): {what}{}",
@@ -635,7 +676,7 @@ impl Iteration<'_> {
         for i in [S, S2, R, R2] {
             let seen = self.w(i).detect_ns.load(Acquire);
             let expected = match (i, victim) {
-                (S, Victim::Receiver) | (R, Victim::Sender) => true,
+                (S, Victim::Receiver) | (R, Victim::Sender) => seen >= self.killed_at.get(),
                 (R | R2, _) => stop != 0 && seen >= stop,
                 _ => false,
             };
@@ -659,6 +700,8 @@ impl Iteration<'_> {
         // The first sender's messages at the first receiver: 0..h, in order.
         let h = match got {
             Some((0, h)) => h,
+            // Killed early, the receiver may have got nothing, or the sender sent nothing.
+            None if early => 0,
             other => fail(format!("receiver 0 got {other:?} of sender 0")),
         };
         if h > acked + 1 {
@@ -742,6 +785,7 @@ fn serve(kind: &str, name: &str, seconds: f64) {
             opts: options(kind, &at),
             at,
             pace,
+            killed_at: Cell::new(0),
         };
         it.run(victim, &mut rng, &mut stats);
         if kind == "file" {
@@ -765,13 +809,14 @@ fn serve(kind: &str, name: &str, seconds: f64) {
     report(
         "summary",
         format!(
-            "{kind}: {} iterations, {} kills (sender {}, receiver {}), {} restarts, {} messages checked; \
+            "{kind}: {} iterations, {} kills (sender {}, receiver {}; {} while opening or early), {} restarts, {} messages checked; \
              held by a dead receiver {}, delivered though not acknowledged {}, lost in a dead stream receiver's buffer {}; \
              detection: sender death {} ({} kills), receiver death {} ({} kills)",
             stats.iterations,
             stats.kills_sender + stats.kills_receiver,
             stats.kills_sender,
             stats.kills_receiver,
+            stats.early_kills,
             stats.restarts,
             stats.messages,
             stats.held_by_dead_receiver,
