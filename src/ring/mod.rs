@@ -482,17 +482,27 @@ impl Producer {
             }
             // The slot is already past `pos`: our view of the tail is stale (another sender
             // claimed `pos`, maybe several laps ago). Reload it; if it has not moved, the
-            // claimer has not advanced it yet: help it along.
+            // claimer has not advanced it yet, or died before it could (then a lone sender's
+            // successor starts from the tail it left): help it along.
             let ahead = w.pos > pos || (w.claimed && w.pos == pos);
-            if ahead && !self.single {
+            if ahead {
                 if stale(tail.load(Ordering::Acquire)) {
                     continue;
                 }
                 let just_claimed = (w.claimed && w.pos == pos)
                     || (!w.claimed && (w.pos == pos + 1 || w.pos == pos + cap));
                 if just_claimed {
-                    let _ =
-                        tail.compare_exchange(pos, pos + 1, Ordering::AcqRel, Ordering::Relaxed);
+                    if self.single {
+                        self.next.set(pos + 1);
+                        tail.store(pos + 1, Ordering::Release);
+                    } else {
+                        let _ = tail.compare_exchange(
+                            pos,
+                            pos + 1,
+                            Ordering::AcqRel,
+                            Ordering::Relaxed,
+                        );
+                    }
                     continue;
                 }
             }
@@ -627,16 +637,33 @@ impl Consumer {
                 return Ok(Take::Empty);
             }
             // The slot is already past `pos`: our view of the head is stale. Reload it; if it
-            // has not moved, the taker has not advanced it yet: help it along.
+            // has not moved, the taker has not advanced it yet, or died before it could (a
+            // lone receiver's successor starts from the head it left): help it along. After
+            // such a death the taken slot is released when the dead receiver is reclaimed,
+            // and a sender may already have claimed (`pos + cap`) or committed
+            // (`pos + cap + 1`) it for the next lap; nothing can go further while the head
+            // stays at `pos`.
             let ahead =
                 w.pos > pos + 1 || (w.taken && w.pos == pos + 1) || (w.claimed && w.pos > pos);
-            if ahead && !self.single {
+            if ahead {
                 if stale(head.load(Ordering::Acquire)) {
                     continue;
                 }
-                if (w.taken && w.pos == pos + 1) || (w.plain() && w.pos == pos + cap) {
-                    let _ =
-                        head.compare_exchange(pos, pos + 1, Ordering::AcqRel, Ordering::Relaxed);
+                let taken = (w.taken && w.pos == pos + 1)
+                    || (!w.taken && w.pos == pos + cap)
+                    || (w.plain() && w.pos == pos + cap + 1);
+                if taken {
+                    if self.single {
+                        self.next.set(pos + 1);
+                        head.store(pos + 1, Ordering::Release);
+                    } else {
+                        let _ = head.compare_exchange(
+                            pos,
+                            pos + 1,
+                            Ordering::AcqRel,
+                            Ordering::Relaxed,
+                        );
+                    }
                     continue;
                 }
             }
