@@ -7,7 +7,7 @@
 //! ```text
 //! 0   magic "SHMBUSP1"        8   encoding u32 LE     12  fingerprint u64 LE
 //! 20  max_frame u32 LE        24  sender seen (u8)    25  receiver seen (u8)
-//! 26  name_len u16 LE         32  type name (up to 224 bytes)
+//! 26  name_len u16 LE         28  queue set up (u8)   32  type name (up to 224 bytes)
 //! ```
 //!
 //! and each handle holds open-file-description locks on it (the same mechanism as the
@@ -16,6 +16,11 @@
 //! queue and the file), byte 1 exclusive by the sender, byte 2 exclusive by the receiver.
 //! The kernel drops a killed process's locks, so a peer that died is seen as gone. We chose
 //! locks over a pid registry because pids are reused and locks cannot go stale.
+//!
+//! A file that no handle holds was left by crashed processes. If its queue was set up and
+//! carries the same type, the next handle keeps the queue and its messages (as a left-behind
+//! shared-memory segment is kept) and forgets who was attached; otherwise it removes the
+//! file and the queue and starts afresh.
 
 use std::fs::{File, OpenOptions};
 use std::io;
@@ -33,6 +38,21 @@ use crate::sys::{fd, lock};
 const MAGIC: [u8; 8] = *b"SHMBUSP1";
 const HEADER: usize = 256;
 const LIFE: u64 = 0;
+/// Header byte set to 1 once the creator has set up the queue.
+const QUEUE_READY: u64 = 28;
+
+/// How a handle came to the queue, as [`Presence::attach`] reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Setup {
+    /// It made a new presence file: it removes any queue left under the name and makes a
+    /// fresh one.
+    Fresh,
+    /// It took over a file left by crashed processes whose queue (same type) is kept with
+    /// its messages; it opens the queue (creating it if it went missing).
+    Recovered,
+    /// It joined handles that are alive: the queue exists.
+    Joined,
+}
 
 fn role_byte(role: Role) -> u64 {
     match role {
@@ -95,16 +115,15 @@ fn header(wire: &Wire) -> [u8; HEADER] {
 
 impl Presence {
     /// Attaches as `role` to the presence file at `path`, creating it if `create`. Returns
-    /// the presence and whether this handle created the file; a creator holds the file
-    /// exclusively (others wait) until [`share`](Self::share), so that it can remove a queue
-    /// left behind by crashed processes and make a fresh one first. A taken role is
-    /// reported as `Refused`.
+    /// the presence and how it came to the queue ([`Setup`]); unless it joined live handles,
+    /// it holds the file exclusively (others wait) until [`share`](Self::share), so that it
+    /// can set up the queue first. A taken role is reported as `Refused`.
     pub(crate) fn attach(
         path: PathBuf,
         wire: &Wire,
         role: Role,
         create: bool,
-    ) -> Result<(Presence, bool), LinkOpenError> {
+    ) -> Result<(Presence, Setup), LinkOpenError> {
         let io = |op| move |e| LinkOpenError::Io(op, e);
         let start = Instant::now();
         loop {
@@ -114,7 +133,7 @@ impl Presence {
                     io::Error::new(io::ErrorKind::TimedOut, "presence file never became ready"),
                 ));
             }
-            let mut created = false;
+            let mut setup = Setup::Joined;
             let file = if create {
                 match OpenOptions::new()
                     .read(true)
@@ -136,7 +155,7 @@ impl Presence {
                         }
                         f.write_all_at(&header(wire), 0).map_err(io("write"))?;
                         // Stays exclusive until the caller has set up the queue (`share`).
-                        created = true;
+                        setup = Setup::Fresh;
                         Some(f)
                     }
                     Err(e) if e.kind() == io::ErrorKind::AlreadyExists => None,
@@ -163,7 +182,7 @@ impl Presence {
                     Err(e) => return Err(LinkOpenError::Io("open", e)),
                 },
             };
-            if !created {
+            if setup == Setup::Joined {
                 lock::lock_wait(file.as_fd(), LIFE, lock::Kind::Shared).map_err(io("lock"))?;
                 let meta = file.metadata().map_err(io("fstat"))?;
                 if meta.nlink() == 0 {
@@ -173,18 +192,29 @@ impl Presence {
                 let complete = file.read_exact_at(&mut h, 0).is_ok() && h[..8] == MAGIC;
                 let alone = lock::try_lock(file.as_fd(), LIFE, lock::Kind::Exclusive)
                     .map_err(io("lock"))?;
+                let encoding = u32::from_le_bytes(h[8..12].try_into().expect("4"));
+                let fingerprint = u64::from_le_bytes(h[12..20].try_into().expect("8"));
+                let max_frame = u32::from_le_bytes(h[20..24].try_into().expect("4"));
                 if !complete || alone {
-                    if alone {
-                        // Left behind by handles that are gone (or a creator that died while
-                        // writing): start afresh.
+                    if !alone {
+                        std::thread::sleep(Duration::from_millis(1));
+                        continue;
+                    }
+                    // Left behind by handles that are gone. A queue that was set up for this
+                    // type keeps its messages; anything else (a creator that died while
+                    // setting up, another type) starts afresh.
+                    let same = encoding == wire.encoding
+                        && fingerprint == wire.fingerprint
+                        && max_frame as usize == wire.max_frame;
+                    if !(complete && same && h[QUEUE_READY as usize] == 1) {
                         let _ = std::fs::remove_file(&path);
                         continue;
                     }
-                    std::thread::sleep(Duration::from_millis(1));
-                    continue;
+                    // Forget who was attached (nobody is); we stay exclusive until `share`.
+                    file.write_all_at(&[0, 0], seen_offset(Role::Sender))
+                        .map_err(io("write"))?;
+                    setup = Setup::Recovered;
                 }
-                let encoding = u32::from_le_bytes(h[8..12].try_into().expect("4"));
-                let fingerprint = u64::from_le_bytes(h[12..20].try_into().expect("8"));
                 if encoding != wire.encoding || fingerprint != wire.fingerprint {
                     let n = (u16::from_le_bytes([h[26], h[27]]) as usize).min(HEADER - 32);
                     return Err(LinkOpenError::TypeMismatch(TypeDesc {
@@ -208,7 +238,7 @@ impl Presence {
                     role,
                     on_last: None,
                 },
-                created,
+                setup,
             ));
         }
     }
@@ -229,8 +259,10 @@ impl Presence {
         seen && !self.peer_attached()
     }
 
-    /// Lets other handles in (after the creator has set up the queue).
+    /// Lets other handles in (after the creator has set up the queue), and records that
+    /// the queue is set up.
     pub(crate) fn share(&self) {
+        let _ = self.file.write_all_at(&[1], QUEUE_READY);
         let _ = lock::try_lock(self.file.as_fd(), LIFE, lock::Kind::Shared);
     }
 
