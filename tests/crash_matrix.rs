@@ -98,9 +98,8 @@ impl Place {
     }
 }
 
-/// One row per transport: its name, its behaviour and how to open it. A new transport is
-/// one more row (and one more entry in `every_transport_has_a_row`'s list is not needed:
-/// the test function is generated from the row).
+/// One row per transport: its name (which is also its test's name), its behaviour and how
+/// to open it. A new transport (D-Bus, say) is one more row; its test is generated from it.
 macro_rules! transports {
     ($($name:ident: $behaviour:expr, $transport:expr;)*) => {
         const ROWS: &[(&str, Behaviour)] = &[$((stringify!($name), $behaviour)),*];

@@ -225,7 +225,11 @@ fn receiver_dead_before_advancing_the_head_is_stepped_over() {
         for v in 3..=5 {
             assert!(send(&mem, &p, v), "slot {v} free");
         }
-        assert_eq!(mem.slot(0).seq.load(Ordering::Relaxed), 5, "position 4 committed");
+        assert_eq!(
+            mem.slot(0).seq.load(Ordering::Relaxed),
+            5,
+            "position 4 committed"
+        );
         let rx2 = attach(&mem, Role::Receiver, QUEUE).unwrap().unwrap();
         let c2 = Consumer::new(&mem, rx2, QUEUE);
         for v in 2..=5 {

@@ -56,13 +56,17 @@ impl PosixMq {
         }
         let want_size = wire.max_frame.clamp(1, msgsize_max);
         let want_cap = capacity.clamp(1, msg_max);
-        let (q, _) =
-            Mq::open(object, create || setup != Setup::Joined, want_cap, want_size, mode).map_err(|e| match e
-                .kind()
-            {
-                std::io::ErrorKind::NotFound => LinkOpenError::NotFound(format!("/{object}")),
-                _ => LinkOpenError::Io("mq_open", e),
-            })?;
+        let (q, _) = Mq::open(
+            object,
+            create || setup != Setup::Joined,
+            want_cap,
+            want_size,
+            mode,
+        )
+        .map_err(|e| match e.kind() {
+            std::io::ErrorKind::NotFound => LinkOpenError::NotFound(format!("/{object}")),
+            _ => LinkOpenError::Io("mq_open", e),
+        })?;
         let name = object.to_owned();
         presence.on_last = Some(Box::new(move || {
             let _ = Mq::unlink(&name);

@@ -82,15 +82,18 @@ impl SysvMq {
         let (mut presence, setup) = Presence::attach(path, wire, role, create)?;
         if setup == Setup::Fresh {
             if let Ok((old, _)) = MsgQueue::get(key, false, 0) {
-                let _ = old.remove(); // left by crashed processes
+                let _ = old.remove(); // left by crashed processes, of another type
             }
         }
-        let (q, _) = MsgQueue::get(key, create || setup != Setup::Joined, mode).map_err(|e| match e.kind() {
-            std::io::ErrorKind::NotFound => {
-                LinkOpenError::NotFound(format!("System V queue {key:#x}"))
-            }
-            _ => LinkOpenError::Io("msgget", e),
-        })?;
+        let (q, _) =
+            MsgQueue::get(key, create || setup != Setup::Joined, mode).map_err(|e| {
+                match e.kind() {
+                    std::io::ErrorKind::NotFound => {
+                        LinkOpenError::NotFound(format!("System V queue {key:#x}"))
+                    }
+                    _ => LinkOpenError::Io("msgget", e),
+                }
+            })?;
         presence.on_last = Some(Box::new(move || {
             let _ = q.remove();
         }));
