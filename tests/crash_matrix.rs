@@ -38,7 +38,9 @@ use std::time::{Duration, Instant};
 use common::fork::{fork_worker, kill_worker, median_max, now_ns, reap, Board, End, Rng, Zeroed};
 use common::{report, Harness};
 use nix::unistd::Pid;
-use shmbus::{FileIo, Options, Receiver, RecvError, SendError, Sender, Transport};
+use shmbus::{
+    Delivery, FileIo, Options, Receiver, RecvError, SendError, Sender, Transport, WakeStrategy,
+};
 
 // ---------------------------------------------------------------------------------------
 // The transports
@@ -51,7 +53,8 @@ struct Behaviour {
     restart_in_place: bool,
     /// What becomes of sent messages that the receiver had not taken when it died.
     after_receiver_death: Kept,
-    /// The sender learns that the receiver died (a log needs no receiver).
+    /// The sender learns that the receiver died (a log needs no receiver, a broadcast
+    /// publisher no subscriber).
     sender_sees_receiver_death: bool,
 }
 
@@ -61,6 +64,9 @@ enum Kept {
     ForNextReceiver,
     /// They are in a log that every receiver reads from the beginning.
     InLog,
+    /// A subscriber that joins starts at the live end (broadcast without history): it gets
+    /// everything sent after it attached.
+    FromLiveEnd,
     /// They were in the dead end's kernel buffer and are gone (byte streams).
     Lost,
 }
@@ -75,6 +81,12 @@ const STREAM: Behaviour = Behaviour {
     restart_in_place: false,
     after_receiver_death: Kept::Lost,
     sender_sees_receiver_death: true,
+};
+/// A publisher needs no subscriber: it goes on sending when the last one dies.
+const BROADCAST: Behaviour = Behaviour {
+    restart_in_place: true,
+    after_receiver_death: Kept::FromLiveEnd,
+    sender_sees_receiver_death: false,
 };
 const LOG: Behaviour = Behaviour {
     restart_in_place: true,
@@ -101,7 +113,7 @@ impl Place {
 /// One row per transport: its name (which is also its test's name), its behaviour and how
 /// to open it. A new transport (D-Bus, say) is one more row; its test is generated from it.
 macro_rules! transports {
-    ($($name:ident: $behaviour:expr, $transport:expr;)*) => {
+    ($($name:ident: $behaviour:expr, $transport:expr $(, $tweak:expr)?;)*) => {
         const ROWS: &[(&str, Behaviour)] = &[$((stringify!($name), $behaviour)),*];
 
         fn transport_of(name: &str, at: &Place) -> Option<Transport> {
@@ -110,6 +122,14 @@ macro_rules! transports {
                 other => panic!("no transport {other}"),
             };
             make(at)
+        }
+
+        /// The row's own options (delivery mode, wake strategy), if any.
+        fn tweak(name: &str, o: &mut Options) {
+            match name {
+                $(stringify!($name) => { $( ($tweak)(o); )? })*
+                other => panic!("no transport {other}"),
+            }
         }
 
         $(
@@ -131,6 +151,11 @@ transports! {
     posix_mq: QUEUE, |_| Some(Transport::PosixQueue);
     sysv_mq: QUEUE, |_| Some(Transport::SysvQueue { key: None });
     file: LOG, |at| Some(Transport::File { dir: at.log_dir() });
+    // The ring in other configurations: broadcast, and sleeping on other wake strategies.
+    shm_broadcast: BROADCAST, |_| Some(Transport::SharedMemory), |o: &mut Options| { o.delivery(Delivery::Broadcast); };
+    shm_eventfd: RING, |_| Some(Transport::SharedMemory), |o: &mut Options| { o.wake(WakeStrategy::EventFd); };
+    shm_sysv_sem: RING, |_| Some(Transport::SharedMemory), |o: &mut Options| { o.wake(WakeStrategy::SysvSemaphore); };
+    sysv_shm_posix_sem: RING, |_| Some(Transport::SysvSharedMemory { key: None }), |o: &mut Options| { o.wake(WakeStrategy::PosixSemaphore); };
 }
 
 fn behaviour(name: &str) -> Behaviour {
@@ -154,6 +179,7 @@ fn options(kind: &str, at: &Place) -> Option<Options> {
         o.max_senders(1).max_receivers(1);
         o.file_io(FileIo::ReadWrite);
     }
+    tweak(kind, &mut o);
     Some(o)
 }
 
@@ -534,6 +560,12 @@ impl Iteration<'_> {
             }
         });
         let r = self.spawn_receiver(R, pipe.as_ref());
+        if self.b.after_receiver_death == Kept::FromLiveEnd {
+            // A subscriber gets what is sent after it joined: let it join first.
+            self.wait_for("the subscriber joining", &[r], || {
+                self.w(R).attached.load(Acquire) != 0
+            });
+        }
         let s = self.spawn_sender(S, 0, pipe.as_ref());
         // Each worker kept its end and closed the other; this process closes both, so the
         // survivor of a kill holds the only end left.
@@ -727,6 +759,12 @@ impl Iteration<'_> {
             }
             Victim::Receiver => match self.b.after_receiver_death {
                 Kept::Lost => stats.lost_with_stream_receiver += acked.saturating_sub(h),
+                Kept::FromLiveEnd => match self.w(R2).range(0) {
+                    Some((f2, h2)) if f2 >= h && h2 == acked => {}
+                    other => fail(format!(
+                        "receiver 0 reported 0..{h}, the restarted one {other:?} of 0..{acked}"
+                    )),
+                },
                 Kept::InLog => {
                     if self.w(R2).range(0) != Some((0, acked)) {
                         fail(format!("the restarted reader must replay 0..{acked}"));
