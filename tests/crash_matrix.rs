@@ -1008,6 +1008,56 @@ fn crash_matrix(kind: &str) {
     assert!(left.is_empty(), "{kind}: left behind: {left:?}");
 }
 
+/// Found by the matrix: a sender restarted right after a crash was refused
+/// (`TooManyParticipants`) while the receiver held the dead sender's entry to reclaim it.
+/// The reclaimer is played by an open-file-description lock on the entry's byte (byte
+/// `1 + i` for sender entry `i`, `docs/wire-format.md`), let go after 20 ms: the opener waits
+/// for it. A holder that stays (a live sender) still gets the refusal.
+#[test]
+fn opener_waits_for_a_reclaimer_to_let_go_of_a_dead_entry() {
+    let name = common::unique_name("crash-reclaim");
+    let _clean = Clean(name.clone());
+    let mut o = Options::new();
+    o.max_senders(1).capacity(4);
+    let rx = Receiver::<Msg>::open_or_create(&name, &o).unwrap();
+    let hold = |file: &std::fs::File| {
+        // SAFETY: a zeroed flock is valid; the fields are set below.
+        let mut fl: libc::flock = unsafe { std::mem::zeroed() };
+        fl.l_type = libc::F_WRLCK as libc::c_short;
+        fl.l_whence = libc::SEEK_SET as libc::c_short;
+        fl.l_start = 1;
+        fl.l_len = 1;
+        use std::os::fd::AsRawFd;
+        // SAFETY: a valid descriptor and a valid flock for F_OFD_SETLK.
+        let r = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_OFD_SETLK, &fl) };
+        assert_eq!(r, 0, "locking sender entry 0");
+    };
+    let open_segment = || {
+        std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(common::segment_path(&name))
+            .unwrap()
+    };
+    let reclaimer = open_segment();
+    hold(&reclaimer);
+    let lets_go = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(20));
+        drop(reclaimer); // closing the description releases its lock
+    });
+    let tx = Sender::<Msg>::open_or_create(&name, &o).expect("the opener waited");
+    lets_go.join().unwrap();
+    tx.send(Msg::new(0, 0, 0)).unwrap();
+    assert!(rx.recv().unwrap().intact());
+    drop(tx);
+    let live = open_segment();
+    hold(&live);
+    match Sender::<Msg>::open_or_create(&name, &o) {
+        Err(shmbus::OpenError::TooManyParticipants { .. }) => {}
+        other => panic!("a held entry must be refused, got {:?}", other.err()),
+    }
+}
+
 /// Every transport in the table has its test (the macro makes one per row).
 #[test]
 fn every_transport_has_a_row() {
