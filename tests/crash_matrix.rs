@@ -156,6 +156,8 @@ transports! {
     shm_eventfd: RING, |_| Some(Transport::SharedMemory), |o: &mut Options| { o.wake(WakeStrategy::EventFd); };
     shm_sysv_sem: RING, |_| Some(Transport::SharedMemory), |o: &mut Options| { o.wake(WakeStrategy::SysvSemaphore); };
     sysv_shm_posix_sem: RING, |_| Some(Transport::SysvSharedMemory { key: None }), |o: &mut Options| { o.wake(WakeStrategy::PosixSemaphore); };
+    shm_signal: RING, |_| Some(Transport::SharedMemory), |o: &mut Options| { o.wake(WakeStrategy::signal()); };
+    shm_unix_socket_wake: RING, |_| Some(Transport::SharedMemory), |o: &mut Options| { o.wake(WakeStrategy::UnixSocket); };
 }
 
 fn behaviour(name: &str) -> Behaviour {
@@ -411,6 +413,14 @@ fn receiver_worker(
     }
 }
 
+/// With the `Signal` strategy, a worker blocks the wake signal before anything else (a
+/// late wake-up must stay pending, not end the process).
+fn block_wake_signal(opts: Option<&Options>) {
+    if let Some(strategy) = opts.and_then(Options::get_wake) {
+        shmbus::block_wake_signal(strategy).expect("blocking the wake signal");
+    }
+}
+
 // ---------------------------------------------------------------------------------------
 // The server: one transport, many iterations
 
@@ -496,6 +506,7 @@ impl Iteration<'_> {
         let (board, b, pace, it) = (self.board, self.b, self.pace, self.at.iteration as u32);
         let (name, opts) = (self.at.name.clone(), self.opts.clone());
         fork_worker(move || {
+            block_wake_signal(opts.as_ref());
             // In this worker: keep our end of a pipe, close the other.
             let pre = pipe.and_then(|p| {
                 drop(p.rx.take());
@@ -519,6 +530,7 @@ impl Iteration<'_> {
         let (board, b, pace, it) = (self.board, self.b, self.pace, self.at.iteration as u32);
         let (name, opts) = (self.at.name.clone(), self.opts.clone());
         fork_worker(move || {
+            block_wake_signal(opts.as_ref());
             let pre = pipe.and_then(|p| {
                 drop(p.tx.take());
                 p.rx.take()
