@@ -39,7 +39,8 @@ use common::fork::{fork_worker, kill_worker, median_max, now_ns, reap, Board, En
 use common::{report, Harness};
 use nix::unistd::Pid;
 use shmbus::{
-    Delivery, FileIo, Options, Receiver, RecvError, SendError, Sender, Transport, WakeStrategy,
+    Delivery, FileIo, Options, Overflow, Receiver, RecvError, SendError, Sender, Transport,
+    WakeStrategy,
 };
 
 // ---------------------------------------------------------------------------------------
@@ -56,6 +57,9 @@ struct Behaviour {
     /// The sender learns that the receiver died (a log needs no receiver, a broadcast
     /// publisher no subscriber).
     sender_sees_receiver_death: bool,
+    /// `Overflow::DropOldest`: a slow subscriber misses messages (`Lagged`), so only the
+    /// order, the integrity and the delivery of the newest message are promised.
+    lossy: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -75,23 +79,31 @@ const RING: Behaviour = Behaviour {
     restart_in_place: true,
     after_receiver_death: Kept::ForNextReceiver,
     sender_sees_receiver_death: true,
+    lossy: false,
 };
 const QUEUE: Behaviour = RING;
 const STREAM: Behaviour = Behaviour {
     restart_in_place: false,
     after_receiver_death: Kept::Lost,
     sender_sees_receiver_death: true,
+    lossy: false,
 };
 /// A publisher needs no subscriber: it goes on sending when the last one dies.
 const BROADCAST: Behaviour = Behaviour {
     restart_in_place: true,
     after_receiver_death: Kept::FromLiveEnd,
     sender_sees_receiver_death: false,
+    lossy: false,
+};
+const DROP_OLDEST: Behaviour = Behaviour {
+    lossy: true,
+    ..BROADCAST
 };
 const LOG: Behaviour = Behaviour {
     restart_in_place: true,
     after_receiver_death: Kept::InLog,
     sender_sees_receiver_death: false,
+    lossy: false,
 };
 
 /// Where one test's channel lives.
@@ -153,6 +165,7 @@ transports! {
     file: LOG, |at| Some(Transport::File { dir: at.log_dir() });
     // The ring in other configurations: broadcast, and sleeping on other wake strategies.
     shm_broadcast: BROADCAST, |_| Some(Transport::SharedMemory), |o: &mut Options| { o.delivery(Delivery::Broadcast); };
+    shm_drop_oldest: DROP_OLDEST, |_| Some(Transport::SharedMemory), |o: &mut Options| { o.delivery(Delivery::Broadcast).overflow(Overflow::DropOldest); };
     shm_eventfd: RING, |_| Some(Transport::SharedMemory), |o: &mut Options| { o.wake(WakeStrategy::EventFd); };
     shm_sysv_sem: RING, |_| Some(Transport::SharedMemory), |o: &mut Options| { o.wake(WakeStrategy::SysvSemaphore); };
     sysv_shm_posix_sem: RING, |_| Some(Transport::SysvSharedMemory { key: None }), |o: &mut Options| { o.wake(WakeStrategy::PosixSemaphore); };
@@ -251,6 +264,7 @@ struct Worker {
     disorder: AtomicU64,
     lo: [AtomicU64; 2],
     hi: [AtomicU64; 2],
+    lagged: AtomicU64,
 }
 
 #[repr(C)]
@@ -384,7 +398,9 @@ fn receiver_worker(
                     last_incarnation = m.incarnation;
                     if w.hi[i].load(Relaxed) == 0 {
                         w.lo[i].store(m.seq + 1, Release);
-                    } else if w.hi[i].load(Relaxed) != m.seq {
+                    } else if w.hi[i].load(Relaxed) != m.seq
+                        && !(b.lossy && m.seq > w.hi[i].load(Relaxed))
+                    {
                         w.disorder.fetch_add(1, Relaxed);
                     }
                     w.hi[i].store(m.seq + 1, Release);
@@ -394,6 +410,9 @@ fn receiver_worker(
                 had_ok = true;
                 n += 1;
                 pause(pace, Pace::SlowReceiver, n);
+            }
+            Err(RecvError::Lagged(n)) if b.lossy => {
+                w.lagged.fetch_add(n, Relaxed);
             }
             Err(RecvError::Disconnected) => {
                 if had_ok && w.detect_ns.load(Relaxed) == 0 {
@@ -435,6 +454,7 @@ struct Stats {
     held_by_dead_receiver: u64,
     sent_not_acked_delivered: u64,
     lost_with_stream_receiver: u64,
+    lagged: u64,
     detect_sender_death_us: Vec<u64>,
     detect_receiver_death_us: Vec<u64>,
 }
@@ -737,14 +757,17 @@ impl Iteration<'_> {
                 ));
             }
             stats.messages += w.received.load(Relaxed);
+            stats.lagged += w.lagged.load(Relaxed);
         }
         let acked = self.w(S).acked.load(Acquire);
         let got = self.w(R).range(0);
         // The first sender's messages at the first receiver: 0..h, in order.
         let h = match got {
             Some((0, h)) => h,
+            // A lagging subscriber may have missed the first messages too.
+            Some((_, h)) if self.b.lossy => h,
             // Killed early, the receiver may have got nothing, or the sender sent nothing.
-            None if early => 0,
+            None if early || self.b.lossy => 0,
             other => fail(format!("receiver 0 got {other:?} of sender 0")),
         };
         if h > acked + 1 {
@@ -757,14 +780,20 @@ impl Iteration<'_> {
                 }
             }
             Victim::Sender => {
-                // Every acknowledged send, and at most the one in flight.
-                if h < acked {
+                // Every acknowledged send, and at most the one in flight (with `DropOldest`,
+                // the restarted sender may overwrite the dead one's last messages before
+                // a slow subscriber reads them: only what it did get is checked).
+                if h < acked && !self.b.lossy {
                     fail(format!("{h} delivered of {acked} acknowledged: lost"));
                 }
-                stats.sent_not_acked_delivered += h - acked;
+                stats.sent_not_acked_delivered += h.saturating_sub(acked);
                 if self.b.restart_in_place {
                     let a2 = self.w(S2).acked.load(Acquire);
-                    if self.w(R).range(1) != Some((0, a2)) {
+                    let ok = match self.w(R).range(1) {
+                        Some((f, h2)) => h2 == a2 && (f == 0 || self.b.lossy),
+                        None => false,
+                    };
+                    if !ok {
                         fail(format!("restarted sender sent 0..{a2}"));
                     }
                 }
@@ -859,7 +888,7 @@ fn serve(kind: &str, name: &str, seconds: f64) {
         "summary",
         format!(
             "{kind}: {} iterations, {} kills (sender {}, receiver {}; {} while opening or early), {} restarts, {} messages checked; \
-             held by a dead receiver {}, delivered though not acknowledged {}, lost in a dead stream receiver's buffer {}; \
+             held by a dead receiver {}, delivered though not acknowledged {}, lost in a dead stream receiver's buffer {}, missed by a lagging subscriber {}; \
              detection: sender death {} ({} kills), receiver death {} ({} kills)",
             stats.iterations,
             stats.kills_sender + stats.kills_receiver,
@@ -871,6 +900,7 @@ fn serve(kind: &str, name: &str, seconds: f64) {
             stats.held_by_dead_receiver,
             stats.sent_not_acked_delivered,
             stats.lost_with_stream_receiver,
+            stats.lagged,
             line(&mut stats.detect_sender_death_us),
             stats.detect_sender_death_us.len(),
             line(&mut stats.detect_receiver_death_us),

@@ -681,6 +681,17 @@ impl Consumer {
     ) -> Result<Option<u32>, Corruption> {
         let len = slot.len.load(Ordering::Relaxed);
         let flags = slot.flags.load(Ordering::Relaxed);
+        self.check_header(mem, pos, len, flags)
+    }
+
+    /// [`check_slot`](Self::check_slot) on a header already read.
+    fn check_header<M: Memory>(
+        &self,
+        mem: &M,
+        pos: u64,
+        len: u32,
+        flags: u32,
+    ) -> Result<Option<u32>, Corruption> {
         if flags & slot_flags::SKIP != 0 {
             self.release(mem, pos);
             return Ok(None);
@@ -716,9 +727,20 @@ impl Consumer {
                     slot.pins.fetch_and(!bit, Ordering::AcqRel);
                     continue;
                 }
+                // The pin keeps the payload, not the header: a `DropOldest` sender that
+                // claims the slot for a later lap and finds it pinned commits that position
+                // empty, writing `len` and `flags`. Read them, then check (SYNC POINT: an
+                // RMW, ordered with the sender's claim) that no claim came in between;
+                // otherwise the message was overtaken: the next round reports the lag.
+                let len = slot.len.load(Ordering::Relaxed);
+                let flags = slot.flags.load(Ordering::Relaxed);
+                if slot.seq.fetch_add(0, Ordering::AcqRel) != pos + 1 {
+                    slot.pins.fetch_and(!bit, Ordering::AcqRel);
+                    continue;
+                }
                 self.next.set(pos + 1);
                 self.outstanding.borrow_mut().push_back(pos);
-                match self.check_slot(mem, slot, pos)? {
+                match self.check_header(mem, pos, len, flags)? {
                     Some(len) => {
                         let stats = mem.counters(Role::Receiver, self.index);
                         Counters::bump(&stats.received, 1);
