@@ -1,8 +1,8 @@
 //! Cheap processes to kill: a child of the test (started by [`Harness`](super::Harness),
 //! so single-threaded apart from the test harness's idle main thread) forks short-lived
-//! workers, SIGKILLs them at random points and checks what they left. A fork costs a
-//! fraction of a millisecond where re-running the test binary costs tens, so a test can
-//! kill hundreds of processes in seconds.
+//! workers, SIGKILLs them at random points and checks what they left. A fork is much
+//! cheaper than re-running the test binary (no exec, no test-harness start-up), so a test
+//! can kill hundreds of processes in seconds.
 //!
 //! Workers report through a [`Board`]: a page of shared anonymous memory mapped before the
 //! fork, which outlives a killed worker. A worker updates its counters after each
