@@ -617,9 +617,9 @@ fn peer_killed(transport: &'static str) {
     killer.join().unwrap();
 }
 
-/// The ring transports keep what a killed process left: a segment that nobody holds is
-/// found by the next handle, reused (same type: its committed messages are delivered) and
-/// removed by the last handle to leave.
+/// The ring and message-queue transports keep what a killed process left: a segment (or
+/// queue) that nobody holds is found by the next handle, reused (same type: its committed
+/// messages are delivered) and removed by the last handle to leave.
 fn stale_segment_reused(transport: &'static str) {
     let mut g = Cleanup::new("stale", transport);
     let mut cmd = Command::new(std::env::current_exe().unwrap());
@@ -667,13 +667,25 @@ fn stale_segment_reused(transport: &'static str) {
     g.children.clear();
 }
 
-/// Whether the segment of channel `name` exists (ring transports).
+/// Whether the segment or queue of channel `name` exists.
 fn exists(transport: &str, name: &str) -> bool {
     let object = format!("shmbus.{name}");
     match transport {
         "shm" => std::path::Path::new("/dev/shm").join(&object).exists(),
         // SAFETY: shmget with plain integers only looks the key up.
         "sysv_shm" => (unsafe { libc::shmget(sysv_key(&object), 0, 0) }) >= 0,
+        // SAFETY: msgget with plain integers only looks the key up.
+        "sysv_mq" => (unsafe { libc::msgget(sysv_key(&object), 0) }) >= 0,
+        "posix_mq" => {
+            let c = std::ffi::CString::new(format!("/{object}")).unwrap();
+            // SAFETY: a NUL-terminated name; without O_CREAT mq_open only looks it up.
+            let q = unsafe { libc::mq_open(c.as_ptr(), libc::O_RDONLY) };
+            if q >= 0 {
+                // SAFETY: closes the descriptor just opened.
+                unsafe { libc::mq_close(q) };
+            }
+            q >= 0
+        }
         other => panic!("{other} has no segment"),
     }
 }
@@ -689,7 +701,7 @@ macro_rules! ring_conformance {
 
 mod ring {
     use super::*;
-    ring_conformance!(shm, sysv_shm);
+    ring_conformance!(shm, sysv_shm, posix_mq, sysv_mq);
 }
 
 macro_rules! conformance {

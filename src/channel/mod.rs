@@ -22,6 +22,10 @@ pub use service::{Client, Request, RequestError, RespondError, Server};
 use std::cell::Cell;
 use std::time::{Duration, Instant};
 
+/// How long an opener keeps trying when every participant entry is held (see
+/// `End::attach`).
+const ATTACH_RETRY: Duration = Duration::from_millis(100);
+
 use crate::error::{CorruptError, OpenError, TypeDesc};
 use crate::message::{Encoding, Message};
 use crate::name;
@@ -262,20 +266,33 @@ impl End {
             drop_oldest: overflow == layout::overflow::DROP_OLDEST,
             history: history as u64,
         };
-        let index = ring::attach(&seg, role, delivery)
-            .map_err(|source| OpenError::Io {
+        // The entry of a participant that died is held for a moment by a peer reclaiming
+        // it (`ring::peers`); try again for a short while before calling the channel full,
+        // so that a process restarted right after a crash is not refused.
+        let deadline = Instant::now() + ATTACH_RETRY;
+        let index = loop {
+            let found = ring::attach(&seg, role, delivery).map_err(|source| OpenError::Io {
                 name: name.to_owned(),
                 op: "lock",
                 source,
-            })?
-            .ok_or_else(|| OpenError::TooManyParticipants {
-                name: name.to_owned(),
-                role: role.name(),
-                max: match role {
-                    Role::Sender => seg.geometry().max_senders,
-                    Role::Receiver => seg.geometry().max_receivers,
-                },
             })?;
+            match found {
+                Some(index) => break index,
+                None if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+                None => {
+                    return Err(OpenError::TooManyParticipants {
+                        name: name.to_owned(),
+                        role: role.name(),
+                        max: match role {
+                            Role::Sender => seg.geometry().max_senders,
+                            Role::Receiver => seg.geometry().max_receivers,
+                        },
+                    })
+                }
+            }
+        };
         let notifier = match AnyNotifier::new(strategy, &mut seg, role, index) {
             Ok(n) => n,
             Err(source) => {

@@ -482,17 +482,27 @@ impl Producer {
             }
             // The slot is already past `pos`: our view of the tail is stale (another sender
             // claimed `pos`, maybe several laps ago). Reload it; if it has not moved, the
-            // claimer has not advanced it yet: help it along.
+            // claimer has not advanced it yet, or died before it could (then a lone sender's
+            // successor starts from the tail it left): help it along.
             let ahead = w.pos > pos || (w.claimed && w.pos == pos);
-            if ahead && !self.single {
+            if ahead {
                 if stale(tail.load(Ordering::Acquire)) {
                     continue;
                 }
                 let just_claimed = (w.claimed && w.pos == pos)
                     || (!w.claimed && (w.pos == pos + 1 || w.pos == pos + cap));
                 if just_claimed {
-                    let _ =
-                        tail.compare_exchange(pos, pos + 1, Ordering::AcqRel, Ordering::Relaxed);
+                    if self.single {
+                        self.next.set(pos + 1);
+                        tail.store(pos + 1, Ordering::Release);
+                    } else {
+                        let _ = tail.compare_exchange(
+                            pos,
+                            pos + 1,
+                            Ordering::AcqRel,
+                            Ordering::Relaxed,
+                        );
+                    }
                     continue;
                 }
             }
@@ -633,16 +643,33 @@ impl Consumer {
                 return Ok(Take::Empty);
             }
             // The slot is already past `pos`: our view of the head is stale. Reload it; if it
-            // has not moved, the taker has not advanced it yet: help it along.
+            // has not moved, the taker has not advanced it yet, or died before it could (a
+            // lone receiver's successor starts from the head it left): help it along. After
+            // such a death the taken slot is released when the dead receiver is reclaimed,
+            // and a sender may already have claimed (`pos + cap`) or committed
+            // (`pos + cap + 1`) it for the next lap; nothing can go further while the head
+            // stays at `pos`.
             let ahead =
                 w.pos > pos + 1 || (w.taken && w.pos == pos + 1) || (w.claimed && w.pos > pos);
-            if ahead && !self.single {
+            if ahead {
                 if stale(head.load(Ordering::Acquire)) {
                     continue;
                 }
-                if (w.taken && w.pos == pos + 1) || (w.plain() && w.pos == pos + cap) {
-                    let _ =
-                        head.compare_exchange(pos, pos + 1, Ordering::AcqRel, Ordering::Relaxed);
+                let taken = (w.taken && w.pos == pos + 1)
+                    || (!w.taken && w.pos == pos + cap)
+                    || (w.plain() && w.pos == pos + cap + 1);
+                if taken {
+                    if self.single {
+                        self.next.set(pos + 1);
+                        head.store(pos + 1, Ordering::Release);
+                    } else {
+                        let _ = head.compare_exchange(
+                            pos,
+                            pos + 1,
+                            Ordering::AcqRel,
+                            Ordering::Relaxed,
+                        );
+                    }
                     continue;
                 }
             }
@@ -660,6 +687,17 @@ impl Consumer {
     ) -> Result<Option<u32>, Corruption> {
         let len = slot.len.load(Ordering::Relaxed);
         let flags = slot.flags.load(Ordering::Relaxed);
+        self.check_header(mem, pos, len, flags)
+    }
+
+    /// [`check_slot`](Self::check_slot) on a header already read.
+    fn check_header<M: Memory>(
+        &self,
+        mem: &M,
+        pos: u64,
+        len: u32,
+        flags: u32,
+    ) -> Result<Option<u32>, Corruption> {
         if flags & slot_flags::SKIP != 0 {
             self.release(mem, pos);
             return Ok(None);
@@ -695,9 +733,20 @@ impl Consumer {
                     slot.pins.fetch_and(!bit, Ordering::AcqRel);
                     continue;
                 }
+                // The pin keeps the payload, not the header: a `DropOldest` sender that
+                // claims the slot for a later lap and finds it pinned commits that position
+                // empty, writing `len` and `flags`. Read them, then check (SYNC POINT: an
+                // RMW, ordered with the sender's claim) that no claim came in between;
+                // otherwise the message was overtaken: the next round reports the lag.
+                let len = slot.len.load(Ordering::Relaxed);
+                let flags = slot.flags.load(Ordering::Relaxed);
+                if slot.seq.fetch_add(0, Ordering::AcqRel) != pos + 1 {
+                    slot.pins.fetch_and(!bit, Ordering::AcqRel);
+                    continue;
+                }
                 self.next.set(pos + 1);
                 self.outstanding.borrow_mut().push_back(pos);
-                match self.check_slot(mem, slot, pos)? {
+                match self.check_header(mem, pos, len, flags)? {
                     Some(len) => {
                         let stats = mem.counters(Role::Receiver, self.index);
                         Counters::bump(&stats.received, 1);

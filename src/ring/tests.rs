@@ -202,6 +202,67 @@ fn dead_receiver_samples_are_reclaimed() {
     assert_eq!(recv(&mem, &c2), Some(3));
 }
 
+/// A receiver killed after taking a slot but before advancing the head: once it is
+/// reclaimed, the slot is released and a sender reuses it for the next lap; its successor
+/// (which starts from the head it left) steps over the position instead of calling the
+/// slot's word corrupt. Found by `tests/crash_matrix.rs`.
+#[test]
+fn receiver_dead_before_advancing_the_head_is_stepped_over() {
+    for receivers in [1, 2] {
+        let mem = segment_n(4, 1, receivers);
+        let p = producer(&mem);
+        let rx = attach(&mem, Role::Receiver, QUEUE).unwrap().unwrap();
+        let c = Consumer::new(&mem, rx, QUEUE);
+        assert!(send(&mem, &p, 1));
+        assert!(send(&mem, &p, 2));
+        let Take::Ready { pos: 0, .. } = c.try_take(&mem).unwrap() else {
+            panic!()
+        };
+        // It dies holding message 1, before its head store / head CAS took effect.
+        mem.control().head.0.store(0, Ordering::Release);
+        mem.disown(Role::Receiver, rx);
+        assert_eq!(peers(&mem, Role::Receiver, true), Peers::Gone, "reclaimed");
+        for v in 3..=5 {
+            assert!(send(&mem, &p, v), "slot {v} free");
+        }
+        assert_eq!(
+            mem.slot(0).seq.load(Ordering::Relaxed),
+            5,
+            "position 4 committed"
+        );
+        let rx2 = attach(&mem, Role::Receiver, QUEUE).unwrap().unwrap();
+        let c2 = Consumer::new(&mem, rx2, QUEUE);
+        for v in 2..=5 {
+            assert_eq!(recv(&mem, &c2), Some(v), "{receivers} receiver(s)");
+        }
+        assert_eq!(recv(&mem, &c2), None);
+    }
+}
+
+/// A lone sender killed after claiming a slot but before advancing the tail: its loan is
+/// committed empty and released; its successor steps over the position. Found by
+/// `tests/crash_matrix.rs`.
+#[test]
+fn lone_sender_dead_before_advancing_the_tail_is_stepped_over() {
+    let mem = segment(4);
+    let c = consumer(&mem);
+    let tx = attach(&mem, Role::Sender, QUEUE).unwrap().unwrap();
+    let p = Producer::new(&mem, tx, QUEUE);
+    assert!(send(&mem, &p, 1));
+    let Claim::Claimed(1) = p.try_claim(&mem).unwrap() else {
+        panic!()
+    };
+    mem.control().tail.0.store(1, Ordering::Release); // dies before its tail store
+    mem.disown(Role::Sender, tx);
+    assert_eq!(peers(&mem, Role::Sender, true), Peers::Gone, "reclaimed");
+    assert_eq!(recv(&mem, &c), Some(1));
+    assert_eq!(recv(&mem, &c), None, "the empty loan is released");
+    let tx2 = attach(&mem, Role::Sender, QUEUE).unwrap().unwrap();
+    let p2 = Producer::new(&mem, tx2, QUEUE);
+    assert!(send(&mem, &p2, 7));
+    assert_eq!(recv(&mem, &c), Some(7));
+}
+
 #[test]
 fn only_one_participant_per_role() {
     let mem = segment(2);

@@ -131,7 +131,8 @@ pub(crate) struct WaitCell {
 /// by the ring itself.
 #[repr(C)]
 pub(crate) struct WakeArea {
-    /// 0: uninitialised, 1: being initialised, 2: ready.
+    /// 0: uninitialised, 2: ready, `3 + code`: being initialised by participant `code`
+    /// (senders 0–63, receivers 64–127); 1: being initialised (older versions).
     pub(crate) state: std::sync::atomic::AtomicU32,
     /// A System V semaphore set id, or a thread id.
     pub(crate) id: std::sync::atomic::AtomicU32,

@@ -11,11 +11,12 @@
 //! `fs.mqueue.msgsize_max` bytes (8192), and a user's queues at `RLIMIT_MSGQUEUE` bytes
 //! (800 KiB: nine default-size queues). The channel capacity is clamped to `msg_max`; a
 //! larger message is `TooLarge`. A queue that no handle uses any more (crashed processes)
-//! is removed, with its messages, by the next handle that attaches.
+//! is kept with its messages by the next handle that attaches if it carries the same type,
+//! and replaced otherwise (see `presence`).
 
 use std::time::Duration;
 
-use super::presence::{self, Presence};
+use super::presence::{self, Presence, Setup};
 use super::{Link, LinkError, LinkOpenError, TransportKind, Wait, Wire};
 use crate::segment::Role;
 use crate::sys::mq::{self, Mq, MqResult};
@@ -50,17 +51,23 @@ impl PosixMq {
             )));
         }
         let path = presence::dir().join(format!("{object}.mq"));
-        let (mut presence, created) = Presence::attach(path, wire, role, create, access)?;
-        if created {
-            let _ = Mq::unlink(object); // left by crashed processes
+        let (mut presence, setup) = Presence::attach(path, wire, role, create, access)?;
+        if setup == Setup::Fresh {
+            let _ = Mq::unlink(object); // left by crashed processes, of another type
         }
         let want_size = wire.max_frame.clamp(1, msgsize_max);
         let want_cap = capacity.clamp(1, msg_max);
-        let (q, made) = Mq::open(object, create || created, want_cap, want_size, access.mode)
-            .map_err(|e| match e.kind() {
-                std::io::ErrorKind::NotFound => LinkOpenError::NotFound(format!("/{object}")),
-                _ => LinkOpenError::Io("mq_open", e),
-            })?;
+        let (q, made) = Mq::open(
+            object,
+            create || setup != Setup::Joined,
+            want_cap,
+            want_size,
+            access.mode,
+        )
+        .map_err(|e| match e.kind() {
+            std::io::ErrorKind::NotFound => LinkOpenError::NotFound(format!("/{object}")),
+            _ => LinkOpenError::Io("mq_open", e),
+        })?;
         {
             use std::os::fd::AsFd;
             access

@@ -7,7 +7,7 @@
 //! ```text
 //! 0   magic "SHMBUSP1"        8   encoding u32 LE     12  fingerprint u64 LE
 //! 20  max_frame u32 LE        24  sender seen (u8)    25  receiver seen (u8)
-//! 26  name_len u16 LE         32  type name (up to 224 bytes)
+//! 26  name_len u16 LE         28  queue set up (u8)   32  type name (up to 224 bytes)
 //! ```
 //!
 //! (the creator writes it to a temporary file that holds the lifetime lock, then links it
@@ -18,6 +18,11 @@
 //! queue and the file), byte 1 exclusive by the sender, byte 2 exclusive by the receiver.
 //! The kernel drops a killed process's locks, so a peer that died is seen as gone. We chose
 //! locks over a pid registry because pids are reused and locks cannot go stale.
+//!
+//! A file that no handle holds was left by crashed processes. If its queue was set up and
+//! carries the same type, the next handle keeps the queue and its messages (as a left-behind
+//! shared-memory segment is kept) and forgets who was attached; otherwise it removes the
+//! file and the queue and starts afresh.
 
 use std::fs::{File, OpenOptions};
 use std::io;
@@ -36,6 +41,21 @@ use crate::sys::{fd, lock};
 const MAGIC: [u8; 8] = *b"SHMBUSP1";
 const HEADER: usize = 256;
 const LIFE: u64 = 0;
+/// Header byte set to 1 once the creator has set up the queue.
+const QUEUE_READY: u64 = 28;
+
+/// How a handle came to the queue, as [`Presence::attach`] reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Setup {
+    /// It made a new presence file: it removes any queue left under the name and makes a
+    /// fresh one.
+    Fresh,
+    /// It took over a file left by crashed processes whose queue (same type) is kept with
+    /// its messages; it opens the queue (creating it if it went missing).
+    Recovered,
+    /// It joined handles that are alive: the queue exists.
+    Joined,
+}
 
 fn role_byte(role: Role) -> u64 {
     match role {
@@ -156,17 +176,16 @@ fn refused(path: &std::path::Path, op: &'static str, e: io::Error) -> LinkOpenEr
 
 impl Presence {
     /// Attaches as `role` to the presence file at `path`, creating it if `create`. Returns
-    /// the presence and whether this handle created the file; a creator holds the file
-    /// exclusively (others wait) until [`share`](Self::share), so that it can remove a queue
-    /// left behind by crashed processes and make a fresh one first. A taken role is
-    /// reported as `Refused`.
+    /// the presence and how it came to the queue ([`Setup`]); unless it joined live handles,
+    /// it holds the file exclusively (others wait) until [`share`](Self::share), so that it
+    /// can set up the queue first. A taken role is reported as `Refused`.
     pub(crate) fn attach(
         path: PathBuf,
         wire: &Wire,
         role: Role,
         create: bool,
         access: &Access,
-    ) -> Result<(Presence, bool), LinkOpenError> {
+    ) -> Result<(Presence, Setup), LinkOpenError> {
         let io = |op| move |e| LinkOpenError::Io(op, e);
         let start = Instant::now();
         loop {
@@ -176,12 +195,12 @@ impl Presence {
                     io::Error::new(io::ErrorKind::TimedOut, "presence file never became ready"),
                 ));
             }
-            let mut created = false;
+            let mut setup = Setup::Joined;
             let file = if create {
                 match create_locked(&path, wire, access) {
                     Ok(Some(f)) => {
                         // Stays exclusive until the caller has set up the queue (`share`).
-                        created = true;
+                        setup = Setup::Fresh;
                         Some(f)
                     }
                     Ok(None) => None,
@@ -208,7 +227,7 @@ impl Presence {
                     Err(e) => return Err(refused(&path, "open", e)),
                 },
             };
-            if !created {
+            if setup == Setup::Joined {
                 // Before anything is locked or read: whose is it, and is it a file?
                 access
                     .check_fd(file.as_fd())
@@ -236,35 +255,49 @@ impl Presence {
                     continue;
                 }
                 if alone {
-                    // Left behind by handles that are gone (or a creator that died while
-                    // writing): start afresh.
-                    match std::fs::remove_file(&path) {
-                        Err(e) if e.kind() != io::ErrorKind::NotFound => {
-                            // Another user's file in a sticky directory (`/tmp`), shared
-                            // through a group: not ours to remove, but ours to reuse while
-                            // we hold it exclusively.
-                            // Its queue cannot be removed either and may hold messages:
-                            // reuse it only for the same type.
-                            if !create {
-                                return Err(LinkOpenError::NotFound(path.display().to_string()));
-                            }
-                            if complete {
-                                if let Some(e) = mismatch(&h, wire) {
-                                    return Err(e);
+                    // Left behind by handles that are gone. A queue that was set up for this
+                    // type keeps its messages; anything else (a creator that died while
+                    // setting up, another type) starts afresh.
+                    let max_frame = u32::from_le_bytes(h[20..24].try_into().expect("4"));
+                    let same = mismatch(&h, wire).is_none() && max_frame as usize == wire.max_frame;
+                    if complete && same && h[QUEUE_READY as usize] == 1 {
+                        // Forget who was attached (nobody is); we stay exclusive until
+                        // `share`.
+                        file.write_all_at(&[0, 0], seen_offset(Role::Sender))
+                            .map_err(io("write"))?;
+                        setup = Setup::Recovered;
+                    } else {
+                        match std::fs::remove_file(&path) {
+                            Err(e) if e.kind() != io::ErrorKind::NotFound => {
+                                // Another user's file in a sticky directory (`/tmp`), shared
+                                // through a group: not ours to remove, but ours to reuse while
+                                // we hold it exclusively.
+                                // Its queue cannot be removed either and may hold messages:
+                                // reuse it only for the same type.
+                                if !create {
+                                    return Err(LinkOpenError::NotFound(
+                                        path.display().to_string(),
+                                    ));
                                 }
-                                file.write_all_at(&[0, 0], seen_offset(Role::Sender))
-                                    .map_err(io("write"))?;
-                            } else {
-                                file.set_len(0).map_err(io("truncate"))?;
-                                file.write_all_at(&header(wire), 0).map_err(io("write"))?;
+                                if complete {
+                                    if let Some(e) = mismatch(&h, wire) {
+                                        return Err(e);
+                                    }
+                                    file.write_all_at(&[0, 0], seen_offset(Role::Sender))
+                                        .map_err(io("write"))?;
+                                    setup = Setup::Recovered;
+                                } else {
+                                    file.set_len(0).map_err(io("truncate"))?;
+                                    file.write_all_at(&header(wire), 0).map_err(io("write"))?;
+                                    setup = Setup::Fresh;
+                                }
                             }
-                            created = true;
+                            _ => continue,
                         }
-                        _ => continue,
                     }
                 }
             }
-            if !created {
+            if setup == Setup::Joined {
                 let mut h = [0u8; HEADER];
                 file.read_exact_at(&mut h, 0).map_err(io("read"))?;
                 if let Some(e) = mismatch(&h, wire) {
@@ -285,7 +318,7 @@ impl Presence {
                     role,
                     on_last: None,
                 },
-                created,
+                setup,
             ));
         }
     }
@@ -306,8 +339,10 @@ impl Presence {
         seen && !self.peer_attached()
     }
 
-    /// Lets other handles in (after the creator has set up the queue).
+    /// Lets other handles in (after the creator has set up the queue), and records that
+    /// the queue is set up.
     pub(crate) fn share(&self) {
+        let _ = self.file.write_all_at(&[1], QUEUE_READY);
         let _ = lock::try_lock(self.file.as_fd(), LIFE, lock::Kind::Shared);
     }
 

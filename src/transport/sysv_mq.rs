@@ -13,12 +13,13 @@
 //! from 20 µs up to 1 ms between tries, so waking up costs up to a millisecond.
 //! Limits: `kernel.msgmax` bytes per message (8192), `kernel.msgmnb` bytes per queue
 //! (16384); the channel's capacity option does not apply. The last handle removes the
-//! queue (`IPC_RMID`); a queue that no handle uses (crashed processes) is removed, with
-//! its messages, by the next handle that attaches.
+//! queue (`IPC_RMID`); a queue that no handle uses (crashed processes) is kept with its
+//! messages by the next handle that attaches if it carries the same type, and replaced
+//! otherwise (see `presence`).
 
 use std::time::{Duration, Instant};
 
-use super::presence::{self, Presence};
+use super::presence::{self, Presence, Setup};
 use super::{Link, LinkError, LinkOpenError, TransportKind, Wait, Wire};
 use crate::segment::Role;
 use crate::sys::msg::{self, MsgBuf, MsgQueue};
@@ -79,19 +80,20 @@ impl SysvMq {
             key.unwrap_or_else(|| key_for(object)),
             presence_path(object, key),
         );
-        let (mut presence, created) = Presence::attach(path, wire, role, create, access)?;
-        if created {
+        let (mut presence, setup) = Presence::attach(path, wire, role, create, access)?;
+        if setup == Setup::Fresh {
             if let Ok((old, _)) = MsgQueue::get(key, false, 0) {
-                let _ = old.remove(); // left by crashed processes
+                let _ = old.remove(); // left by crashed processes, of another type
             }
         }
-        let (q, made) =
-            MsgQueue::get(key, create || created, access.mode).map_err(|e| match e.kind() {
+        let (q, made) = MsgQueue::get(key, create || setup != Setup::Joined, access.mode).map_err(
+            |e| match e.kind() {
                 std::io::ErrorKind::NotFound => {
                     LinkOpenError::NotFound(format!("System V queue {key:#x}"))
                 }
                 _ => LinkOpenError::Io("msgget", e),
-            })?;
+            },
+        )?;
         let (uid, gid) = q.owner().map_err(|e| LinkOpenError::Io("msgctl", e))?;
         access
             .check_ids(uid, gid)

@@ -230,10 +230,10 @@ mod imp {
                 WakeStrategy::Futex => AnyNotifier::Futex(super::futex::Futex),
                 WakeStrategy::Spin => AnyNotifier::Spin(super::spin::Spin),
                 WakeStrategy::PosixSemaphore => {
-                    AnyNotifier::PosixSem(super::posix_sem::PosixSem::new(seg, role)?)
+                    AnyNotifier::PosixSem(super::posix_sem::PosixSem::new(seg, role, index)?)
                 }
                 WakeStrategy::SysvSemaphore => {
-                    AnyNotifier::SysvSem(super::sysv_sem::SysvSem::new(seg, role)?)
+                    AnyNotifier::SysvSem(super::sysv_sem::SysvSem::new(seg, role, index)?)
                 }
                 WakeStrategy::Signal { signal } => {
                     AnyNotifier::Signal(super::signal::Signal::new(signal, role)?)
@@ -341,41 +341,148 @@ mod imp {
         })
     }
 
-    /// Waits (spinning, then yielding) until another process finished initialising a
-    /// wake area; `Err` if it never does.
+    /// `WakeArea::state` while participant `(role, index)` initialises the area: above 2,
+    /// so that a waiter can tell who to watch.
+    fn initialising(role: Role, index: u32) -> u32 {
+        3 + u32::from(role == Role::Receiver) * 64 + index.min(63)
+    }
+
+    /// The participant named by an `initialising` state.
+    fn initialiser(state: u32) -> (Role, u32) {
+        let code = state - 3;
+        let role = if code >= 64 {
+            Role::Receiver
+        } else {
+            Role::Sender
+        };
+        (role, code % 64)
+    }
+
+    /// Runs `init` in exactly one participant (`me`), the others wait until it has
+    /// finished; `Err` if it never does. A participant killed while initialising is found
+    /// through its entry lock (`alive` says whether a participant's entry is held by a
+    /// live process) and another takes over, so one crash cannot make the channel unusable
+    /// for everyone still in it; the entry's new owner takes over at once.
     pub(crate) fn init_once(
         area: &crate::segment::layout::WakeArea,
+        me: (Role, u32),
+        alive: impl Fn(Role, u32) -> bool,
         init: impl FnOnce() -> std::io::Result<()>,
     ) -> std::io::Result<()> {
         use std::sync::atomic::Ordering;
-        // SYNC POINT: the initialiser's Release store of 2 pairs with the Acquire loads here.
-        match area
-            .state
-            .compare_exchange(0, 1, Ordering::Acquire, Ordering::Acquire)
-        {
-            Ok(_) => match init() {
-                Ok(()) => {
-                    area.state.store(2, Ordering::Release);
-                    Ok(())
+        let mine = initialising(me.0, me.1);
+        let mut start = std::time::Instant::now();
+        let mut last = u32::MAX;
+        loop {
+            // SYNC POINT: the initialiser's Release store of 2 pairs with these Acquire loads.
+            let state = area.state.load(Ordering::Acquire);
+            let take = match state {
+                2 => return Ok(()),
+                // 1: an initialiser of an older version, which does not say who it is.
+                0 | 1 => state == 0,
+                s => {
+                    let (role, index) = initialiser(s);
+                    (role, index) == me || !alive(role, index)
                 }
-                Err(e) => {
-                    area.state.store(0, Ordering::Release);
-                    Err(e)
-                }
-            },
-            Err(_) => {
-                let start = std::time::Instant::now();
-                while area.state.load(Ordering::Acquire) != 2 {
-                    if start.elapsed() > Duration::from_secs(2) {
-                        return Err(std::io::Error::new(
-                            std::io::ErrorKind::TimedOut,
-                            "the wake strategy's shared state was never initialised",
-                        ));
+            };
+            if take
+                && area
+                    .state
+                    .compare_exchange(state, mine, Ordering::Acquire, Ordering::Acquire)
+                    .is_ok()
+            {
+                return match init() {
+                    Ok(()) => {
+                        area.state.store(2, Ordering::Release);
+                        Ok(())
                     }
-                    std::thread::yield_now();
-                }
-                Ok(())
+                    Err(e) => {
+                        area.state.store(0, Ordering::Release);
+                        Err(e)
+                    }
+                };
             }
+            if state != last {
+                last = state;
+                start = std::time::Instant::now();
+            }
+            if start.elapsed() > Duration::from_secs(2) {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    "the wake strategy's shared state was never initialised",
+                ));
+            }
+            std::thread::yield_now();
+        }
+    }
+
+    #[cfg(test)]
+    mod init_tests {
+        use std::sync::atomic::{AtomicBool, Ordering};
+
+        use super::{init_once, initialiser, initialising};
+        use crate::segment::layout::WakeArea;
+        use crate::segment::Role;
+
+        #[test]
+        fn codes_name_the_initialiser() {
+            for role in [Role::Sender, Role::Receiver] {
+                for index in [0, 1, 63] {
+                    assert_eq!(initialiser(initialising(role, index)), (role, index));
+                    assert!(initialising(role, index) > 2);
+                }
+            }
+        }
+
+        /// Found by `tests/crash_matrix.rs`: a receiver killed while creating the channel's
+        /// semaphores left the area "being initialised" forever, and every other process
+        /// failed to open the channel. Now a survivor takes over.
+        #[test]
+        fn a_dead_initialiser_is_taken_over() {
+            let area = WakeArea::new();
+            area.state
+                .store(initialising(Role::Receiver, 5), Ordering::Relaxed);
+            let ran = AtomicBool::new(false);
+            let alive = |r, i| !(r == Role::Receiver && i == 5);
+            init_once(&area, (Role::Sender, 0), alive, || {
+                ran.store(true, Ordering::Relaxed);
+                Ok(())
+            })
+            .unwrap();
+            assert!(ran.load(Ordering::Relaxed));
+            assert_eq!(area.state.load(Ordering::Relaxed), 2);
+        }
+
+        /// The new owner of a dead initialiser's entry takes over at once, even though
+        /// the entry is held (by itself).
+        #[test]
+        fn the_entry_s_new_owner_takes_over() {
+            let area = WakeArea::new();
+            area.state
+                .store(initialising(Role::Sender, 2), Ordering::Relaxed);
+            init_once(&area, (Role::Sender, 2), |_, _| true, || Ok(())).unwrap();
+            assert_eq!(area.state.load(Ordering::Relaxed), 2);
+        }
+
+        /// A live initialiser is waited for, and `init` does not run twice.
+        #[test]
+        fn a_live_initialiser_is_waited_for() {
+            let area = WakeArea::new();
+            area.state
+                .store(initialising(Role::Receiver, 0), Ordering::Relaxed);
+            std::thread::scope(|s| {
+                s.spawn(|| {
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                    area.state.store(2, Ordering::Release);
+                });
+                init_once(
+                    &area,
+                    (Role::Sender, 0),
+                    |_, _| true,
+                    || panic!("ran twice"),
+                )
+                .unwrap();
+            });
         }
     }
 }

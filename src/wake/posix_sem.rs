@@ -8,7 +8,7 @@ use std::time::Duration;
 use super::{cell, init_once, selected, Notifier};
 use crate::segment::layout::WaitCell;
 use crate::segment::Role;
-use crate::segment::Segment;
+use crate::segment::{Memory, Segment};
 use crate::sys::wakeup;
 
 pub(crate) struct PosixSem {
@@ -20,13 +20,17 @@ fn sem_ptr(cell: &WaitCell) -> *mut u8 {
 }
 
 impl PosixSem {
-    pub(crate) fn new(seg: &Segment, role: Role) -> std::io::Result<PosixSem> {
+    pub(crate) fn new(seg: &Segment, role: Role, index: u32) -> std::io::Result<PosixSem> {
         for r in [Role::Sender, Role::Receiver] {
             let c = cell(seg, r);
+            let alive = |r, i| seg.owned_by_other(r, i);
             // SAFETY: the storage is 32 bytes (>= SEM_SIZE), 8-byte aligned, in the shared
             // mapping; `init_once` runs this in exactly one participant, before anyone uses
-            // the semaphore (others wait for state 2).
-            init_once(&c.wake, || unsafe { wakeup::sem_init(sem_ptr(c)) })?;
+            // the semaphore (others wait for state 2; one that took over from a killed
+            // initialiser initialises it again, still before anyone uses it).
+            init_once(&c.wake, (role, index), alive, || unsafe {
+                wakeup::sem_init(sem_ptr(c))
+            })?;
         }
         Ok(PosixSem { role })
     }

@@ -14,7 +14,7 @@ use std::time::Duration;
 use super::{cell, init_once, selected, Notifier};
 use crate::segment::layout::WaitCell;
 use crate::segment::Role;
-use crate::segment::Segment;
+use crate::segment::{Memory, Segment};
 use crate::sys::wakeup;
 
 pub(crate) struct SysvSem {
@@ -30,9 +30,15 @@ fn num(role: Role) -> u16 {
 }
 
 impl SysvSem {
-    pub(crate) fn new(seg: &mut Segment, role: Role) -> std::io::Result<SysvSem> {
+    pub(crate) fn new(seg: &mut Segment, role: Role, index: u32) -> std::io::Result<SysvSem> {
         let area = &cell(seg, Role::Receiver).wake;
-        init_once(area, || {
+        let alive = |r, i| seg.owned_by_other(r, i);
+        init_once(area, (role, index), alive, || {
+            // A participant killed while initialising may have made its set already.
+            let old = area.id.load(Ordering::Relaxed) as i32;
+            if old != 0 && wakeup::sysv_looks_like_ours(old, 2) {
+                let _ = wakeup::sysv_remove(old);
+            }
             let id = wakeup::sysv_create(2)?;
             area.id.store(id as u32, Ordering::Relaxed);
             Ok(())
@@ -56,12 +62,13 @@ pub(crate) fn recover_left_behind(seg: &Segment) {
             {
                 let _ = wakeup::sysv_remove(id);
             }
+            area.id.store(0, Ordering::Relaxed);
             area.state.store(0, Ordering::Release);
         }
         // An initialisation that never finished (its process died) starts over.
-        let _ = area
-            .state
-            .compare_exchange(1, 0, Ordering::AcqRel, Ordering::Relaxed);
+        if area.state.load(Ordering::Acquire) != 2 {
+            area.state.store(0, Ordering::Release);
+        }
     }
 }
 

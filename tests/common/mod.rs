@@ -51,6 +51,8 @@ use nix::fcntl::{fcntl, FcntlArg, OFlag};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
+pub mod fork;
+
 /// Environment variable naming a child's role; unset in the parent.
 pub const ROLE_VAR: &str = "SHMBUS_TEST_ROLE";
 /// Environment variable naming a child's channel.
