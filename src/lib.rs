@@ -174,6 +174,8 @@ pub use transport::file::{
     replay::{record, replay, Pace, ReplayError},
     Durability, FileIo, Start, DEFAULT_SEGMENT_SIZE,
 };
+#[cfg(feature = "dbus")]
+pub use transport::dbus::DBusBus;
 pub use transport::{Transport, TransportKind};
 #[cfg(not(shmbus_loom))]
 pub use wake::block_wake_signal;

@@ -159,6 +159,9 @@ fn in_use(transport: &Transport, object: &str) -> bool {
         ),
         // A log is persistent: `create` means a new log, so any existing one is in use.
         Transport::File { dir } => dir.join(crate::transport::file::CONTROL_FILE).exists(),
+        // The channel's well-known name has an owner.
+        #[cfg(feature = "dbus")]
+        Transport::DBus { bus } => crate::transport::dbus::in_use(bus, object),
         _ => false,
     }
 }
@@ -239,6 +242,37 @@ impl LinkEnd {
                     let r = SocketReceiver::bind(&address, &w, options.allow_uids.clone())
                         .map_err(err)?;
                     (Box::new(r), w.max_frame)
+                }
+            }
+            #[cfg(feature = "dbus")]
+            (Transport::DBus { bus }, _) => {
+                use crate::options::Delivery;
+                use crate::transport::dbus::{self, Names};
+                let names = Names::for_object(&object).map_err(err)?;
+                let broadcast = options.delivery == Some(Delivery::Broadcast);
+                let max = w.max_frame.min(dbus::MAX_PAYLOAD);
+                match (broadcast, role) {
+                    (false, Role::Sender) => {
+                        let s = dbus::QueueSender::open(bus, &names, &w, options.connect_timeout)
+                            .map_err(err)?;
+                        let max = s.max_frame();
+                        (Box::new(s), max)
+                    }
+                    (false, Role::Receiver) => (
+                        Box::new(
+                            dbus::QueueReceiver::open(bus, &names, &w, options.capacity)
+                                .map_err(err)?,
+                        ),
+                        max,
+                    ),
+                    (true, Role::Sender) => (
+                        Box::new(dbus::Publisher::open(bus, &names, &w).map_err(err)?),
+                        max,
+                    ),
+                    (true, Role::Receiver) => (
+                        Box::new(dbus::Subscriber::open(bus, &names, &w).map_err(err)?),
+                        max,
+                    ),
                 }
             }
             (Transport::PosixQueue, _) => {
