@@ -169,13 +169,13 @@ pub use schema::{
     FieldDesc, FieldKind, KindDesc, Schema, SchemaDesc, SchemaError, SchemaField, MAX_SCHEMA_LEN,
 };
 pub use shmbus_derive::Message;
+#[cfg(feature = "dbus")]
+pub use transport::dbus::DBusBus;
 #[cfg(not(shmbus_loom))]
 pub use transport::file::{
     replay::{record, replay, Pace, ReplayError},
     Durability, FileIo, Start, DEFAULT_SEGMENT_SIZE,
 };
-#[cfg(feature = "dbus")]
-pub use transport::dbus::DBusBus;
 pub use transport::{Transport, TransportKind};
 #[cfg(not(shmbus_loom))]
 pub use wake::block_wake_signal;

@@ -54,7 +54,7 @@ impl From<LinkError> for LinkFail {
     }
 }
 
-fn wire<T: Message>(options: &Options) -> Wire {
+pub(crate) fn wire<T: Message>(options: &Options) -> Wire {
     let info = T::INFO;
     Wire {
         name: info.name,

@@ -467,8 +467,7 @@ async fn handle(
         MsgType::Signal => {
             let (iface, member) = (hdr.interface(), hdr.member());
             let sender = hdr.sender().map(|s| s.to_string());
-            if iface.is_some_and(|i| i == DBUS) && member.is_some_and(|m| m == "NameOwnerChanged")
-            {
+            if iface.is_some_and(|i| i == DBUS) && member.is_some_and(|m| m == "NameOwnerChanged") {
                 let body = msg.body();
                 let Ok((name, _old, new)) = body.deserialize::<(&str, &str, &str)>() else {
                     return;
@@ -540,13 +539,7 @@ enum Answer {
     Later,
 }
 
-fn serve_call(
-    msg: &Message,
-    shared: &Shared,
-    names: &Names,
-    wire: &Wire,
-    serve: &Serve,
-) -> Answer {
+fn serve_call(msg: &Message, shared: &Shared, names: &Names, wire: &Wire, serve: &Serve) -> Answer {
     let hdr = msg.header();
     let iface = hdr.interface().map(|i| i.as_str()).unwrap_or("");
     let member = hdr.member().map(|m| m.as_str()).unwrap_or("");
@@ -796,7 +789,10 @@ fn link_error(e: CallError) -> LinkError {
 }
 
 /// Retries `attempt` while it reports `Full`, backing off up to 10 ms, until `wait` runs out.
-fn retry_full(wait: Wait, mut attempt: impl FnMut() -> Result<(), CallError>) -> Result<(), LinkError> {
+fn retry_full(
+    wait: Wait,
+    mut attempt: impl FnMut() -> Result<(), CallError>,
+) -> Result<(), LinkError> {
     let mut pause = Duration::from_micros(50);
     loop {
         match attempt() {
@@ -923,8 +919,7 @@ impl Subscriber {
             "type='signal',sender='{}',path='{}',interface='{INTERFACE}',member='Message'",
             names.bus_name, names.path
         );
-        call_bus::<_, ()>(&pump.conn, "AddMatch", &(rule.as_str(),))
-            .map_err(io_err("AddMatch"))?;
+        call_bus::<_, ()>(&pump.conn, "AddMatch", &(rule.as_str(),)).map_err(io_err("AddMatch"))?;
         // A publisher that is there already: check its type, and remember it.
         match greet(&pump, names, INTERFACE, wire, Duration::ZERO) {
             Ok(_) => {
@@ -992,6 +987,17 @@ pub(crate) struct PendingCall {
     call: Message,
 }
 
+impl PendingCall {
+    /// The caller's id: the number of its unique bus name (`:1.42` is 42).
+    pub(crate) fn caller_id(&self) -> u64 {
+        let hdr = self.call.header();
+        hdr.sender()
+            .and_then(|s| s.as_str().rsplit('.').next().map(str::to_owned))
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0)
+    }
+}
+
 /// The server of a request-response service: owns the name, answers `Call`.
 pub(crate) struct ServiceServer {
     pump: Pump,
@@ -1031,15 +1037,15 @@ impl ServiceServer {
         })
     }
 
-    /// Answers `pending` with the encoded `response`; `Err(Gone)` if the caller left.
-    pub(crate) fn respond(&self, pending: &PendingCall, response: &[u8]) -> Result<(), ServiceError> {
+    /// Answers `pending` with the encoded `response`; `Err(Gone)` if the caller has left
+    /// (the bus would drop the answer). D-Bus does not confirm delivery, so a caller that
+    /// leaves while the answer travels is not reported.
+    pub(crate) fn respond(
+        &self,
+        pending: &PendingCall,
+        response: &[u8],
+    ) -> Result<(), ServiceError> {
         let hdr = pending.call.header();
-        let body = (self.response.fingerprint, Bytes::new(response));
-        zbus::block_on(self.pump.conn.reply(&hdr, &body)).map_err(|e| match e {
-            zbus::Error::InputOutput(_) => ServiceError::Gone,
-            e => ServiceError::Other(e.to_string()),
-        })?;
-        // The bus drops a reply whose caller left; say so where we can tell.
         let caller = hdr.sender().map(|s| s.to_string()).unwrap_or_default();
         if !caller.is_empty()
             && !call_bus::<_, bool>(&self.pump.conn, "NameHasOwner", &(caller.as_str(),))
@@ -1047,7 +1053,11 @@ impl ServiceServer {
         {
             return Err(ServiceError::Gone);
         }
-        Ok(())
+        let body = (self.response.fingerprint, Bytes::new(response));
+        zbus::block_on(self.pump.conn.reply(&hdr, &body)).map_err(|e| match e {
+            zbus::Error::InputOutput(_) => ServiceError::Gone,
+            e => ServiceError::Other(e.to_string()),
+        })
     }
 }
 
