@@ -119,14 +119,17 @@ pub struct Client<Req: Message, Resp: Message> {
 /// How a client reaches its service.
 enum ClientBackend {
     /// A request channel and a response channel.
-    Channels {
-        id: u64,
-        requests: Sender<Envelope>,
-        responses: Receiver<Envelope>,
-    },
+    Channels(Box<ChannelClient>),
     /// D-Bus method calls.
     #[cfg(feature = "dbus")]
-    DBus(crate::transport::dbus::ServiceClient),
+    DBus(Box<crate::transport::dbus::ServiceClient>),
+}
+
+/// A client's own id, the service's request channel and the client's response channel.
+struct ChannelClient {
+    id: u64,
+    requests: Sender<Envelope>,
+    responses: Receiver<Envelope>,
 }
 
 /// The bus and names of a service on D-Bus; `None` on other transports.
@@ -172,7 +175,7 @@ impl<Req: Message, Resp: Message> Client<Req, Resp> {
             )
             .map_err(|e| super::link::open_error::<Req>(name, e))?;
             return Ok(Client {
-                backend: ClientBackend::DBus(client),
+                backend: ClientBackend::DBus(Box::new(client)),
                 next_id: std::cell::Cell::new(0),
                 max_message: wreq.max_frame.min(crate::transport::dbus::MAX_PAYLOAD) + 32,
                 _types: PhantomData,
@@ -185,11 +188,11 @@ impl<Req: Message, Resp: Message> Client<Req, Resp> {
         let responses = Receiver::create(&format!("{name}.resp.{id:x}"), &opts)?;
         let max_message = requests.max_message_size().min(responses_max(&responses));
         Ok(Client {
-            backend: ClientBackend::Channels {
+            backend: ClientBackend::Channels(Box::new(ChannelClient {
                 id,
                 requests,
                 responses,
-            },
+            })),
             next_id: std::cell::Cell::new(0),
             max_message,
             _types: PhantomData,
@@ -209,11 +212,7 @@ impl<Req: Message, Resp: Message> Client<Req, Resp> {
         self.next_id.set(id + 1);
         let body = encode(request, self.max_message.saturating_sub(32))?;
         let (client_id, requests, responses) = match &self.backend {
-            ClientBackend::Channels {
-                id,
-                requests,
-                responses,
-            } => (*id, requests, responses),
+            ClientBackend::Channels(c) => (c.id, &c.requests, &c.responses),
             #[cfg(feature = "dbus")]
             ClientBackend::DBus(client) => return dbus_request::<Resp>(client, &body, deadline),
         };
@@ -323,14 +322,18 @@ pub struct Server<Req: Message, Resp: Message> {
 
 /// Where a server's requests come from.
 enum ServerBackend {
-    Channels(Receiver<Envelope>),
+    Channels(Box<Receiver<Envelope>>),
     /// D-Bus `Call`s, and those not answered yet by request id.
     #[cfg(feature = "dbus")]
-    DBus {
-        server: crate::transport::dbus::ServiceServer,
-        pending: std::cell::RefCell<HashMap<u64, crate::transport::dbus::PendingCall>>,
-        next_id: std::cell::Cell<u64>,
-    },
+    DBus(Box<DBusServer>),
+}
+
+/// A server's D-Bus side: the `Call`s not answered yet, by request id.
+#[cfg(feature = "dbus")]
+struct DBusServer {
+    server: crate::transport::dbus::ServiceServer,
+    pending: std::cell::RefCell<HashMap<u64, crate::transport::dbus::PendingCall>>,
+    next_id: std::cell::Cell<u64>,
 }
 
 impl<Req: Message, Resp: Message> Server<Req, Resp> {
@@ -362,11 +365,11 @@ impl<Req: Message, Resp: Message> Server<Req, Resp> {
             .map_err(|e| super::link::open_error::<Req>(name, e))?;
             return Ok(Server {
                 name: name.to_owned(),
-                backend: ServerBackend::DBus {
+                backend: ServerBackend::DBus(Box::new(DBusServer {
                     server,
                     pending: Default::default(),
                     next_id: std::cell::Cell::new(0),
-                },
+                })),
                 options: opts,
                 clients: Default::default(),
                 _types: PhantomData,
@@ -375,7 +378,7 @@ impl<Req: Message, Resp: Message> Server<Req, Resp> {
         let requests = Receiver::open_or_create(&format!("{name}.req"), &opts)?;
         Ok(Server {
             name: name.to_owned(),
-            backend: ServerBackend::Channels(requests),
+            backend: ServerBackend::Channels(Box::new(requests)),
             options: opts,
             clients: Default::default(),
             _types: PhantomData,
@@ -414,14 +417,10 @@ impl<Req: Message, Resp: Message> Server<Req, Resp> {
                 }),
             },
             #[cfg(feature = "dbus")]
-            ServerBackend::DBus {
-                server,
-                pending,
-                next_id,
-            } => {
+            ServerBackend::DBus(d) => {
                 use crate::transport::{LinkError, Wait};
                 let wait = timeout.map_or(Wait::Forever, |t| Wait::Until(Instant::now() + t));
-                Self::dbus_recv(server, pending, next_id, wait).map_err(|e| match e {
+                Self::dbus_recv(&d.server, &d.pending, &d.next_id, wait).map_err(|e| match e {
                     LinkError::Disconnected => RecvTimeoutError::Disconnected,
                     LinkError::Timeout | LinkError::WouldBlock => RecvTimeoutError::Timeout,
                     e => RecvTimeoutError::Corrupt(CorruptError {
@@ -478,16 +477,13 @@ impl<Req: Message, Resp: Message> Server<Req, Resp> {
     /// [`RespondError::ClientGone`] if that client is no longer there.
     pub fn respond(&self, request: &Request<Req>, response: &Resp) -> Result<(), RespondError> {
         #[cfg(feature = "dbus")]
-        if let ServerBackend::DBus {
-            server, pending, ..
-        } = &self.backend
-        {
+        if let ServerBackend::DBus(d) = &self.backend {
             use crate::transport::dbus::ServiceError;
-            let Some(call) = pending.borrow_mut().remove(&request.id) else {
+            let Some(call) = d.pending.borrow_mut().remove(&request.id) else {
                 return Err(RespondError::ClientGone); // answered already
             };
             let body = encode(response, self.options.max_message_size.max(Resp::INFO.size))?;
-            return match server.respond(&call, &body) {
+            return match d.server.respond(&call, &body) {
                 Ok(()) => Ok(()),
                 Err(ServiceError::Gone) => Err(RespondError::ClientGone),
                 Err(ServiceError::Refused(reason) | ServiceError::Other(reason)) => {
