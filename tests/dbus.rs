@@ -344,3 +344,33 @@ fn dbus_send_to_a_queue_channel() {
         Tick { seq: 5, value: 9 }
     );
 }
+
+/// With the `tokio` feature, a D-Bus receiver is an `AsyncReceiver` (its descriptor is an
+/// eventfd that the connection's pump signals): messages from a sender in another thread
+/// arrive in order, then `Disconnected`.
+#[cfg(feature = "tokio")]
+#[tokio::test(flavor = "current_thread")]
+async fn async_receiver_on_dbus() {
+    let bus = PrivateBus::start();
+    let mut o = options(&bus);
+    o.capacity(16);
+    let rx = Receiver::<Tick>::create("async", &o).unwrap();
+    assert!(rx.poll_fd().is_some());
+    let mut rx = shmbus::AsyncReceiver::new(rx).unwrap();
+    let sender = std::thread::spawn(move || {
+        let tx = Sender::<Tick>::open("async", &o).unwrap();
+        for seq in 0..300 {
+            tx.send(Tick { seq, value: seq }).unwrap();
+        }
+    });
+    for seq in 0..300 {
+        let t = tokio::time::timeout(Duration::from_secs(10), rx.recv())
+            .await
+            .expect("a message within 10 s")
+            .unwrap();
+        assert_eq!(t.seq, seq);
+    }
+    sender.join().unwrap();
+    let end = tokio::time::timeout(Duration::from_secs(10), rx.recv()).await;
+    assert!(matches!(end, Ok(Err(RecvError::Disconnected))), "{end:?}");
+}

@@ -27,6 +27,8 @@ pub const INHERIT_VAR: &str = "SHMBUS_FD";
 /// One end of a channel over a fallback transport.
 pub(crate) struct LinkEnd {
     link: RefCell<Box<dyn Link>>,
+    /// The link's pollable descriptor, if it has one.
+    poll: Option<std::sync::Arc<dyn std::os::fd::AsFd + Send + Sync>>,
     buf: RefCell<Vec<u8>>,
     pub(crate) name: String,
     pub(crate) max_frame: usize,
@@ -169,6 +171,7 @@ fn in_use(transport: &Transport, object: &str) -> bool {
 impl LinkEnd {
     fn new(name: &str, link: Box<dyn Link>, max_frame: usize) -> LinkEnd {
         LinkEnd {
+            poll: link.poll_fd(),
             link: RefCell::new(link),
             buf: RefCell::new(Vec::with_capacity(max_frame)),
             name: name.to_owned(),
@@ -318,6 +321,15 @@ impl LinkEnd {
 
     pub(crate) fn is_connected(&self) -> bool {
         self.link.borrow_mut().is_connected()
+    }
+
+    /// The descriptor to poll for readability; see [`Link::prepare_poll`].
+    pub(crate) fn poll_fd(&self) -> Option<std::os::fd::BorrowedFd<'_>> {
+        self.poll.as_deref().map(std::os::fd::AsFd::as_fd)
+    }
+
+    pub(crate) fn prepare_poll(&self) -> bool {
+        self.link.borrow_mut().prepare_poll()
     }
 
     pub(crate) fn capacity(&self) -> usize {

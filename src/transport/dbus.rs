@@ -28,6 +28,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
+use nix::sys::eventfd::{EfdFlags, EventFd};
 use serde_bytes::Bytes;
 use zbus::message::Type as MsgType;
 use zbus::{Connection, Message, MessageStream};
@@ -209,9 +210,24 @@ struct State {
 struct Shared {
     state: Mutex<State>,
     cond: Condvar,
+    /// Readable after every change, for event loops (`Receiver::poll_fd`).
+    event: Arc<EventFd>,
 }
 
 impl Shared {
+    /// Wakes the blocked callers and the event loops.
+    fn notify(&self) {
+        self.cond.notify_all();
+        let _ = self.event.write(1);
+    }
+
+    /// Clears the event descriptor, then says whether `take` would return at once.
+    fn prepare_poll(&self, gone: impl Fn(&State) -> bool) -> bool {
+        let _ = self.event.read(); // EAGAIN when already clear
+        let st = self.lock();
+        !st.items.is_empty() || st.foreign.is_some() || st.lost || gone(&st)
+    }
+
     fn lock(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -307,9 +323,12 @@ impl Pump {
         wire: Wire,
         serve: Serve,
     ) -> Result<Pump, LinkOpenError> {
+        let event = EventFd::from_flags(EfdFlags::EFD_NONBLOCK | EfdFlags::EFD_CLOEXEC)
+            .map_err(|e| LinkOpenError::Io("eventfd", e.into()))?;
         let shared = Arc::new(Shared {
             state: Mutex::new(State::default()),
             cond: Condvar::new(),
+            event: Arc::new(event),
         });
         let stream = MessageStream::from(&conn);
         let (c, s, n) = (conn.clone(), shared.clone(), names.clone());
@@ -434,7 +453,7 @@ fn pump(
         }
     });
     shared.lock().lost = true;
-    shared.cond.notify_all();
+    shared.notify();
 }
 
 async fn handle(
@@ -461,7 +480,7 @@ async fn handle(
                     Ok(msg.clone())
                 };
                 st.replies.insert(serial.get(), r);
-                shared.cond.notify_all();
+                shared.notify();
             }
         }
         MsgType::Signal => {
@@ -478,7 +497,7 @@ async fn handle(
                     if st.publisher.as_deref() == Some(name) || name == names.bus_name {
                         st.publisher = None;
                     }
-                    shared.cond.notify_all();
+                    shared.notify();
                 }
                 return;
             }
@@ -514,7 +533,7 @@ async fn handle(
                         .get_or_insert(format!("a signal that is not (t, ay): {e}"));
                 }
             }
-            shared.cond.notify_all();
+            shared.notify();
         }
         MsgType::MethodCall => {
             let reply = serve_call(msg, shared, names, wire, serve);
@@ -614,7 +633,7 @@ fn serve_call(msg: &Message, shared: &Shared, names: &Names, wire: &Wire, serve:
                 payload: payload.to_vec(),
                 call: is_call.then(|| msg.clone()),
             });
-            shared.cond.notify_all();
+            shared.notify();
             if is_call {
                 Answer::Later
             } else {
@@ -735,6 +754,16 @@ impl Link for QueueReceiver {
 
     fn is_connected(&mut self) -> bool {
         !self.pump.shared.lock().peers.is_empty()
+    }
+
+    fn poll_fd(&self) -> Option<Arc<dyn std::os::fd::AsFd + Send + Sync>> {
+        Some(self.pump.shared.event.clone())
+    }
+
+    fn prepare_poll(&mut self) -> bool {
+        self.pump
+            .shared
+            .prepare_poll(|st| st.ever_greeted && st.peers.is_empty())
     }
 
     fn kind(&self) -> TransportKind {
@@ -952,6 +981,16 @@ impl Link for Subscriber {
 
     fn is_connected(&mut self) -> bool {
         self.pump.shared.lock().publisher.is_some()
+    }
+
+    fn poll_fd(&self) -> Option<Arc<dyn std::os::fd::AsFd + Send + Sync>> {
+        Some(self.pump.shared.event.clone())
+    }
+
+    fn prepare_poll(&mut self) -> bool {
+        self.pump
+            .shared
+            .prepare_poll(|st| st.publisher_seen && st.publisher.is_none())
     }
 
     fn kind(&self) -> TransportKind {

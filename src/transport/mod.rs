@@ -298,4 +298,15 @@ pub(crate) trait Link: Send {
     fn into_pipe_fd(self: Box<Self>) -> Option<std::os::fd::OwnedFd> {
         None
     }
+    /// A descriptor that is readable when [`prepare_poll`](Link::prepare_poll) may return
+    /// `true` (receiving links that can be polled, for `AsyncReceiver`); `None` for others.
+    fn poll_fd(&self) -> Option<std::sync::Arc<dyn std::os::fd::AsFd + Send + Sync>> {
+        None
+    }
+    /// Clears the [`poll_fd`](Link::poll_fd) descriptor and tells whether a receive would
+    /// not wait (a frame, an error or the disconnection is there). `true` where there is no
+    /// descriptor.
+    fn prepare_poll(&mut self) -> bool {
+        true
+    }
 }
