@@ -29,7 +29,6 @@ use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
 use nix::sys::eventfd::{EfdFlags, EventFd};
-use serde_bytes::Bytes;
 use zbus::message::Type as MsgType;
 use zbus::{Connection, Message, MessageStream};
 
@@ -51,6 +50,54 @@ const ERR_FULL: &str = "org.shmbus.Error.Full";
 const ERR_TYPE: &str = "org.shmbus.Error.TypeMismatch";
 const ERR_LARGE: &str = "org.shmbus.Error.TooLarge";
 const ERR_GONE: &str = "org.shmbus.Error.ServerGone";
+
+/// A payload as a D-Bus `ay`, written and read as one block of bytes (serde's `bytes`),
+/// not byte by byte as a plain `&[u8]` would be. Borrowed from the message when read.
+#[derive(Debug, Clone, Copy)]
+struct Bytes<'a>(&'a [u8]);
+
+impl<'a> Bytes<'a> {
+    fn new(bytes: &'a [u8]) -> Self {
+        Bytes(bytes)
+    }
+}
+
+impl std::ops::Deref for Bytes<'_> {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        self.0
+    }
+}
+
+impl serde::Serialize for Bytes<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_bytes(self.0)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Bytes<'de> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visit;
+        impl<'de> serde::de::Visitor<'de> for Visit {
+            type Value = Bytes<'de>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a byte array (ay)")
+            }
+            fn visit_borrowed_bytes<E: serde::de::Error>(
+                self,
+                v: &'de [u8],
+            ) -> Result<Self::Value, E> {
+                Ok(Bytes(v))
+            }
+        }
+        d.deserialize_bytes(Visit)
+    }
+}
+
+impl zbus::Type for Bytes<'_> {
+    const SIGNATURE: &'static zbus::Signature =
+        &zbus::Signature::static_array(&zbus::Signature::U8);
+}
 
 /// Which bus a channel lives on (see [`Transport::DBus`](crate::Transport::DBus)).
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -509,7 +556,7 @@ async fn handle(
                 return;
             }
             let mut st = shared.lock();
-            match msg.body().deserialize::<(u64, &Bytes)>() {
+            match msg.body().deserialize::<(u64, Bytes<'_>)>() {
                 Ok((fp, payload)) if fp == wire.fingerprint && payload.len() <= wire.max_frame => {
                     st.items.push_back(Item {
                         payload: payload.to_vec(),
@@ -597,7 +644,7 @@ fn serve_call(msg: &Message, shared: &Shared, names: &Names, wire: &Wire, serve:
                 }
             };
             let body = msg.body();
-            let (fp, payload) = match body.deserialize::<(u64, &Bytes)>() {
+            let (fp, payload) = match body.deserialize::<(u64, Bytes<'_>)>() {
                 Ok(b) => b,
                 Err(e) => {
                     return Answer::Error(
@@ -1155,7 +1202,7 @@ impl ServiceClient {
         let reply = reply.expect("set on success");
         let body = reply.body();
         let (fp, payload) = body
-            .deserialize::<(u64, &Bytes)>()
+            .deserialize::<(u64, Bytes<'_>)>()
             .map_err(|e| ServiceError::Other(format!("a bad Call reply: {e}")))?;
         if fp != self.response.fingerprint {
             return Err(ServiceError::Refused(format!(
@@ -1164,7 +1211,7 @@ impl ServiceClient {
             )));
         }
         buf.clear();
-        buf.extend_from_slice(payload);
+        buf.extend_from_slice(&payload);
         Ok(())
     }
 
