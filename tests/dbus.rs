@@ -36,12 +36,82 @@ struct Tick {
 }
 
 fn options(bus: &PrivateBus) -> Options {
+    options_at(&bus.address)
+}
+
+fn options_at(address: &str) -> Options {
     let mut o = Options::new();
     o.transport(Transport::DBus {
-        bus: DBusBus::Address(bus.address.clone()),
+        bus: DBusBus::Address(address.to_owned()),
     })
     .connect_timeout(Duration::from_secs(10));
     o
+}
+
+const ROLE: &str = "SHMBUS_DBUS_TEST_ROLE";
+const ADDRESS: &str = "SHMBUS_DBUS_TEST_ADDRESS";
+
+/// The child side (this test binary re-run with a role); does nothing in a normal run.
+#[test]
+fn dbus_child() {
+    let Ok(role) = std::env::var(ROLE) else {
+        return;
+    };
+    let o = options_at(&std::env::var(ADDRESS).unwrap());
+    match role.as_str() {
+        // Takes one request, says so, and never answers (waits to be killed).
+        "server_hangs" => {
+            let server = Server::<Add, Sum>::open("calc", &o).unwrap();
+            println!("ready");
+            let _req = server.recv().unwrap();
+            println!("got");
+            std::thread::sleep(Duration::from_secs(120));
+        }
+        // Sends one request, waiting for an answer that does not come until killed.
+        "client_waits" => {
+            let client = Client::<Add, Sum>::open("calc", &o).unwrap();
+            let _ = client.request(&Add { a: 1, b: 1 }, Duration::from_secs(120));
+        }
+        // Broadcasts three ticks, says so, then waits to be killed.
+        "publisher" => {
+            let mut o = o;
+            o.delivery(Delivery::Broadcast);
+            let tx = Sender::<Tick>::create("ticks", &o).unwrap();
+            println!("ready");
+            let mut line = String::new();
+            std::io::stdin().read_line(&mut line).unwrap();
+            for seq in 0..3 {
+                tx.send(Tick { seq, value: seq }).unwrap();
+            }
+            println!("sent");
+            std::thread::sleep(Duration::from_secs(120));
+        }
+        other => panic!("unknown role {other}"),
+    }
+}
+
+/// This test binary as a child in `role` on `bus`, stdin and stdout piped.
+fn child(bus: &PrivateBus, role: &str) -> (Tool, std::process::ChildStdin) {
+    let mut tool = Tool::spawn_with_stdin(
+        Command::new(std::env::current_exe().unwrap())
+            .args(["--exact", "dbus_child", "--nocapture", "--test-threads=1"])
+            .env(ROLE, role)
+            .env(ADDRESS, &bus.address),
+    );
+    let stdin = tool.child.stdin.take().unwrap();
+    (tool, stdin)
+}
+
+fn wait_line(tool: &Tool, want: &str) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline {
+        if let Ok(line) = tool.lines.recv_timeout(Duration::from_millis(100)) {
+            if line.trim().ends_with(want) {
+                return;
+            }
+        }
+    }
+    panic!("the child never printed {want:?}");
 }
 
 /// A child process whose stdout lines arrive on a channel; killed on drop.
@@ -52,8 +122,15 @@ struct Tool {
 
 impl Tool {
     fn spawn(cmd: &mut Command) -> Tool {
+        Tool::spawn_from(cmd.stdin(Stdio::null()))
+    }
+
+    fn spawn_with_stdin(cmd: &mut Command) -> Tool {
+        Tool::spawn_from(cmd.stdin(Stdio::piped()))
+    }
+
+    fn spawn_from(cmd: &mut Command) -> Tool {
         let mut child = cmd
-            .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
@@ -373,4 +450,62 @@ async fn async_receiver_on_dbus() {
     sender.join().unwrap();
     let end = tokio::time::timeout(Duration::from_secs(10), rx.recv()).await;
     assert!(matches!(end, Ok(Err(RecvError::Disconnected))), "{end:?}");
+}
+
+/// A server process killed with SIGKILL while a client waits for its answer: the client's
+/// request fails with `ServerGone` at once (the bus answers the pending call), not at its
+/// timeout.
+#[test]
+fn killed_server_fails_a_waiting_request() {
+    let bus = PrivateBus::start();
+    let (mut server, _stdin) = child(&bus, "server_hangs");
+    wait_line(&server, "ready");
+    let client = Client::<Add, Sum>::open("calc", &options(&bus)).unwrap();
+    let waiting =
+        std::thread::spawn(move || client.request(&Add { a: 1, b: 2 }, Duration::from_secs(60)));
+    wait_line(&server, "got");
+    server.child.kill().unwrap(); // SIGKILL
+    server.child.wait().unwrap();
+    let r = waiting.join().unwrap();
+    assert!(matches!(r, Err(RequestError::ServerGone)), "{r:?}");
+}
+
+/// A client process killed with SIGKILL while its request waits: the server, whose only
+/// client that greeted it is gone, sees `Disconnected` once it has taken the request.
+#[test]
+fn killed_client_disconnects_the_server() {
+    let bus = PrivateBus::start();
+    let server = Server::<Add, Sum>::open("calc", &options(&bus)).unwrap();
+    let (mut client, _stdin) = child(&bus, "client_waits");
+    let req = server.recv_timeout(Duration::from_secs(30)).unwrap();
+    assert_eq!(req.body, Add { a: 1, b: 1 });
+    client.child.kill().unwrap();
+    client.child.wait().unwrap();
+    assert!(matches!(
+        server.recv_timeout(Duration::from_secs(30)),
+        Err(RecvTimeoutError::Disconnected)
+    ));
+}
+
+/// A broadcast sender in another process: its messages arrive, and its SIGKILL is seen as
+/// `Disconnected` by the subscriber.
+#[test]
+fn killed_publisher_disconnects_subscribers() {
+    let bus = PrivateBus::start();
+    let (mut publisher, mut stdin) = child(&bus, "publisher");
+    wait_line(&publisher, "ready");
+    let mut o = options(&bus);
+    o.delivery(Delivery::Broadcast);
+    let rx = Receiver::<Tick>::open("ticks", &o).unwrap();
+    std::io::Write::write_all(&mut stdin, b"go\n").unwrap();
+    for seq in 0..3 {
+        assert_eq!(rx.recv_timeout(Duration::from_secs(30)).unwrap().seq, seq);
+    }
+    wait_line(&publisher, "sent");
+    publisher.child.kill().unwrap();
+    publisher.child.wait().unwrap();
+    assert!(matches!(
+        rx.recv_timeout(Duration::from_secs(30)),
+        Err(RecvTimeoutError::Disconnected)
+    ));
 }
