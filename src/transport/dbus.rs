@@ -533,7 +533,11 @@ async fn handle(
         MsgType::Signal => {
             let (iface, member) = (hdr.interface(), hdr.member());
             let sender = hdr.sender().map(|s| s.to_string());
-            if iface.is_some_and(|i| i == DBUS) && member.is_some_and(|m| m == "NameOwnerChanged") {
+            // Only the bus itself can send as `org.freedesktop.DBus` (it sets the sender).
+            if iface.is_some_and(|i| i == DBUS)
+                && member.is_some_and(|m| m == "NameOwnerChanged")
+                && sender.as_deref() == Some(DBUS)
+            {
                 let body = msg.body();
                 let Ok((name, _old, new)) = body.deserialize::<(&str, &str, &str)>() else {
                     return;
@@ -556,6 +560,11 @@ async fn handle(
                 return;
             }
             let mut st = shared.lock();
+            // Signals sent straight to us by someone other than the publisher are not
+            // the channel's.
+            if st.publisher.is_some() && st.publisher != sender {
+                return;
+            }
             match msg.body().deserialize::<(u64, Bytes<'_>)>() {
                 Ok((fp, payload)) if fp == wire.fingerprint && payload.len() <= wire.max_frame => {
                     st.items.push_back(Item {
