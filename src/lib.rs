@@ -178,6 +178,8 @@ pub use schema::{
     FieldDesc, FieldKind, KindDesc, Schema, SchemaDesc, SchemaError, SchemaField, MAX_SCHEMA_LEN,
 };
 pub use shmbus_derive::Message;
+#[cfg(feature = "dbus")]
+pub use transport::dbus::DBusBus;
 #[cfg(not(shmbus_loom))]
 pub use transport::file::{
     replay::{record, replay, Pace, ReplayError},

@@ -242,7 +242,8 @@ impl Options {
         self
     }
 
-    /// How long `open` waits for the other end where the two ends meet (FIFO, Unix socket).
+    /// How long `open` waits for the other end where the two ends meet (FIFO, Unix socket,
+    /// a D-Bus sender or client waiting for the receiver or server to own its name).
     pub fn connect_timeout(&mut self, timeout: Duration) -> &mut Self {
         self.connect_timeout = timeout;
         self

@@ -55,6 +55,23 @@ const ROLE: &str = "SHMBUS_CONF_ROLE";
 const TRANSPORT: &str = "SHMBUS_CONF_TRANSPORT";
 const NAME: &str = "SHMBUS_CONF_NAME";
 const COUNT: &str = "SHMBUS_CONF_COUNT";
+/// The address of the test's private D-Bus bus, for children.
+const DBUS_ADDRESS: &str = "SHMBUS_CONF_DBUS_ADDRESS";
+
+#[cfg(feature = "dbus")]
+#[path = "common/private_bus.rs"]
+mod private_bus;
+
+/// The private bus address of each D-Bus test's channel, in the parent process.
+static BUSES: std::sync::Mutex<Vec<(String, String)>> = std::sync::Mutex::new(Vec::new());
+
+fn bus_address(name: &str) -> String {
+    let buses = BUSES.lock().unwrap_or_else(|e| e.into_inner());
+    match buses.iter().find(|(n, _)| n == name) {
+        Some((_, a)) => a.clone(),
+        None => std::env::var(DBUS_ADDRESS).expect("the test's private bus address"),
+    }
+}
 
 /// Messages in the ordering test: `SHMBUS_CONF_COUNT`, or a million (every transport
 /// together takes about 20 s in a debug build on the 2-CPU machine).
@@ -63,6 +80,16 @@ fn count() -> u64 {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(1_000_000)
+}
+
+/// Messages in the ordering test on `transport`: D-Bus makes one method-call round trip
+/// through the bus daemon per message, so it gets 5,000 unless `SHMBUS_CONF_COUNT` says.
+fn count_for(transport: &str) -> u64 {
+    if transport == "dbus" && std::env::var(COUNT).is_err() {
+        5_000
+    } else {
+        count()
+    }
 }
 
 fn options(transport: &str, name: &str) -> Options {
@@ -89,6 +116,10 @@ fn options(transport: &str, name: &str) -> Options {
             dir: tmp.join(format!("shmbus-test-{name}.log")),
         },
         "pipe" => Transport::SharedMemory, // unused: pipes are made by shmbus::pipe
+        #[cfg(feature = "dbus")]
+        "dbus" => Transport::DBus {
+            bus: shmbus::DBusBus::Address(bus_address(name)),
+        },
         other => panic!("unknown transport {other}"),
     };
     o.transport(t);
@@ -100,15 +131,29 @@ struct Cleanup {
     name: String,
     transport: &'static str,
     children: Vec<Child>,
+    /// The test's own bus (D-Bus), stopped after the children are gone.
+    #[cfg(feature = "dbus")]
+    _bus: Option<private_bus::PrivateBus>,
 }
 
 impl Cleanup {
     fn new(test: &str, transport: &'static str) -> Cleanup {
         let name = format!("conf-{test}-{transport}-{}", std::process::id());
+        #[cfg(feature = "dbus")]
+        let bus = (transport == "dbus").then(|| {
+            let bus = private_bus::PrivateBus::start();
+            BUSES
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push((name.clone(), bus.address.clone()));
+            bus
+        });
         Cleanup {
             name,
             transport,
             children: Vec::new(),
+            #[cfg(feature = "dbus")]
+            _bus: bus,
         }
     }
 
@@ -132,6 +177,9 @@ impl Cleanup {
         for (k, v) in extra {
             cmd.env(k, v);
         }
+        if self.transport == "dbus" {
+            cmd.env(DBUS_ADDRESS, bus_address(&self.name));
+        }
         cmd_hook(&mut cmd);
         self.children.push(cmd.spawn().expect("spawn child"));
         // `cmd` (and any pipe end moved into it) is dropped here, closing our copy.
@@ -151,6 +199,10 @@ impl Drop for Cleanup {
             let _ = c.kill();
             let _ = c.wait();
         }
+        BUSES
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|(n, _)| *n != self.name);
         let tmp = std::env::temp_dir();
         let _ = std::fs::remove_file(tmp.join(format!("shmbus-test-{}.fifo", self.name)));
         let _ = std::fs::remove_file(tmp.join(format!("shmbus-test-{}.sock", self.name)));
@@ -284,7 +336,7 @@ fn conformance_child() {
 /// Parent receives what a child sender streams: order, integrity, then `Disconnected`.
 fn ordering_and_integrity(transport: &'static str) {
     let mut g = Cleanup::new("order", transport);
-    let n = count();
+    let n = count_for(transport);
     let extra = [(COUNT, n.to_string())];
     let rx = if transport == "pipe" {
         let (tx, rx) = shmbus::pipe::<Msg>().unwrap();
@@ -329,7 +381,7 @@ fn blocking_both_ways(transport: &'static str) {
             rx.pass_to(cmd, shmbus::INHERIT_VAR).unwrap()
         });
         tx
-    } else if matches!(transport, "unix" | "abstract_socket" | "fifo") {
+    } else if matches!(transport, "unix" | "abstract_socket" | "fifo" | "dbus") {
         g.spawn("stream_rx", &extra, |_| {});
         open_tx::<Msg>(transport, &g.name)
     } else {
@@ -590,7 +642,7 @@ fn peer_killed(transport: &'static str) {
             rx.pass_to(cmd, shmbus::INHERIT_VAR).unwrap()
         });
         tx
-    } else if matches!(transport, "unix" | "abstract_socket" | "fifo") {
+    } else if matches!(transport, "unix" | "abstract_socket" | "fifo" | "dbus") {
         g.spawn("one_then_hang_rx", &[], |_| {});
         open_tx::<Msg>(transport, &g.name)
     } else {
@@ -742,6 +794,9 @@ conformance!(
     sysv_mq,
     file
 );
+
+#[cfg(feature = "dbus")]
+conformance!(dbus);
 
 /// `Auto` picks shared memory where `/dev/shm` is usable, and says so.
 #[test]

@@ -7,7 +7,10 @@
 //! acknowledges the last one (throughput, measured from the first send to the
 //! acknowledgement). The file log runs as `file` (mmap, no sync), `file_rw`
 //! (pread/pwrite), `file_batch` (fdatasync every 1000) and `file_fsync` (per message: pass
-//! small counts), in `$TMPDIR`; its directories are removed afterwards.
+//! small counts), in `$TMPDIR`; its directories are removed afterwards. With the `dbus`
+//! feature, `dbus` runs on the session bus (`DBUS_SESSION_BUS_ADDRESS`; wrap the command in
+//! `dbus-run-session --` for a private one): one method call through the bus daemon per
+//! message, so pass a small `--stream`.
 
 use std::io::Write;
 use std::process::Command;
@@ -63,10 +66,19 @@ fn options(prefix: &str, transport: &str, name: &str) -> Result<Options> {
             }
         }
         "pipe" => Transport::SharedMemory, // not used: pipes are made by `shmbus::pipe`
+        #[cfg(feature = "dbus")]
+        "dbus" => Transport::DBus {
+            bus: shmbus::DBusBus::Session,
+        },
         other => {
             return Err(format!(
-                "unknown transport {other:?}; choose from {}, file_rw, file_batch, file_fsync",
-                DEFAULT.join(", ")
+                "unknown transport {other:?}; choose from {}, file_rw, file_batch, file_fsync{}",
+                DEFAULT.join(", "),
+                if cfg!(feature = "dbus") {
+                    ", dbus"
+                } else {
+                    " (dbus: build with --features dbus)"
+                }
             ))
         }
     };

@@ -114,7 +114,7 @@ impl<T: Message> AsyncReceiver<T> {
     ///
     /// An error of kind [`io::ErrorKind::Unsupported`] if the channel's wake strategy is
     /// not pollable ([`WakeStrategy::is_pollable`](crate::WakeStrategy::is_pollable)) or the
-    /// transport is not shared memory; the error of duplicating or registering the
+    /// transport is neither shared memory nor D-Bus; the error of duplicating or registering the
     /// descriptor otherwise. The error gives the receiver back.
     ///
     /// # Panics

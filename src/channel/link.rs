@@ -27,6 +27,8 @@ pub const INHERIT_VAR: &str = "SHMBUS_FD";
 /// One end of a channel over a fallback transport.
 pub(crate) struct LinkEnd {
     link: RefCell<Box<dyn Link>>,
+    /// The link's pollable descriptor, if it has one.
+    poll: Option<std::sync::Arc<dyn std::os::fd::AsFd + Send + Sync>>,
     buf: RefCell<Vec<u8>>,
     pub(crate) name: String,
     pub(crate) max_frame: usize,
@@ -54,7 +56,7 @@ impl From<LinkError> for LinkFail {
     }
 }
 
-fn wire<T: Message>(options: &Options) -> Wire {
+pub(crate) fn wire<T: Message>(options: &Options) -> Wire {
     let info = T::INFO;
     Wire {
         name: info.name,
@@ -166,6 +168,9 @@ fn in_use(transport: &Transport, object: &str) -> bool {
         ),
         // A log is persistent: `create` means a new log, so any existing one is in use.
         Transport::File { dir } => dir.join(crate::transport::file::CONTROL_FILE).exists(),
+        // The channel's well-known name has an owner.
+        #[cfg(feature = "dbus")]
+        Transport::DBus { bus } => crate::transport::dbus::in_use(bus, object),
         _ => false,
     }
 }
@@ -173,6 +178,7 @@ fn in_use(transport: &Transport, object: &str) -> bool {
 impl LinkEnd {
     fn new(name: &str, link: Box<dyn Link>, max_frame: usize) -> LinkEnd {
         LinkEnd {
+            poll: link.poll_fd(),
             link: RefCell::new(link),
             buf: RefCell::new(Vec::with_capacity(max_frame)),
             name: name.to_owned(),
@@ -249,6 +255,37 @@ impl LinkEnd {
                     (Box::new(r), w.max_frame)
                 }
             }
+            #[cfg(feature = "dbus")]
+            (Transport::DBus { bus }, _) => {
+                use crate::options::Delivery;
+                use crate::transport::dbus::{self, Names};
+                let names = Names::for_object(&object).map_err(err)?;
+                let broadcast = options.delivery == Some(Delivery::Broadcast);
+                let max = w.max_frame.min(dbus::MAX_PAYLOAD);
+                match (broadcast, role) {
+                    (false, Role::Sender) => {
+                        let s = dbus::QueueSender::open(bus, &names, &w, options.connect_timeout)
+                            .map_err(err)?;
+                        let max = s.max_frame();
+                        (Box::new(s), max)
+                    }
+                    (false, Role::Receiver) => (
+                        Box::new(
+                            dbus::QueueReceiver::open(bus, &names, &w, options.capacity)
+                                .map_err(err)?,
+                        ),
+                        max,
+                    ),
+                    (true, Role::Sender) => (
+                        Box::new(dbus::Publisher::open(bus, &names, &w).map_err(err)?),
+                        max,
+                    ),
+                    (true, Role::Receiver) => (
+                        Box::new(dbus::Subscriber::open(bus, &names, &w).map_err(err)?),
+                        max,
+                    ),
+                }
+            }
             (Transport::PosixQueue, _) => {
                 let q = PosixMq::open(&object, &w, role, create, options.capacity, &access)
                     .map_err(err)?;
@@ -285,6 +322,15 @@ impl LinkEnd {
 
     pub(crate) fn is_connected(&self) -> bool {
         self.link.borrow_mut().is_connected()
+    }
+
+    /// The descriptor to poll for readability; see [`Link::prepare_poll`].
+    pub(crate) fn poll_fd(&self) -> Option<std::os::fd::BorrowedFd<'_>> {
+        self.poll.as_deref().map(std::os::fd::AsFd::as_fd)
+    }
+
+    pub(crate) fn prepare_poll(&self) -> bool {
+        self.link.borrow_mut().prepare_poll()
     }
 
     pub(crate) fn capacity(&self) -> usize {

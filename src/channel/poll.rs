@@ -1,6 +1,7 @@
 //! Wake-strategy accessors, and pollable receivers: with [`WakeStrategy::UnixSocket`] and
 //! [`WakeStrategy::EventFd`] a [`Receiver`] on shared memory has a file descriptor that an
-//! event loop can poll. Other transports have no wake strategy.
+//! event loop can poll. Other transports have no wake strategy; a D-Bus receiver is
+//! pollable too.
 
 use std::os::fd::{AsFd, BorrowedFd};
 
@@ -26,10 +27,13 @@ impl<T: Message> Receiver<T> {
     }
 
     /// The descriptor to poll for readability, for channels with a pollable strategy
-    /// ([`WakeStrategy::is_pollable`]); `None` otherwise. See [`prepare_poll`](Self::prepare_poll)
-    /// for the protocol.
+    /// ([`WakeStrategy::is_pollable`]) and for D-Bus receivers; `None` otherwise. See
+    /// [`prepare_poll`](Self::prepare_poll) for the protocol.
     pub fn poll_fd(&self) -> Option<BorrowedFd<'_>> {
-        self.ring_end().and_then(|(end, _)| end.seg.notifier.fd())
+        match self.ring_end() {
+            Some((end, _)) => end.seg.notifier.fd(),
+            None => self.link_end().and_then(|l| l.poll_fd()),
+        }
     }
 
     /// Announces this receiver as a waiter, so that the sender signals the descriptor of
@@ -49,10 +53,11 @@ impl<T: Message> Receiver<T> {
     /// `prepare_poll` the sender does not know anyone is waiting and sends no wake-up.
     ///
     /// On a channel whose strategy is not pollable this only reports whether a message may
-    /// be there. On a transport other than shared memory it always returns `true`.
+    /// be there. On a D-Bus receiver it follows the protocol above; on other transports
+    /// other than shared memory it always returns `true`.
     pub fn prepare_poll(&self) -> bool {
         let Some((end, consumer)) = self.ring_end() else {
-            return true;
+            return self.link_end().is_none_or(|l| l.prepare_poll());
         };
         let seg = &end.seg;
         let cell = ring::sleeps_on(seg, Role::Receiver);

@@ -119,6 +119,14 @@ impl<T: Message> Receiver<T> {
         }
     }
 
+    /// The link end, on fallback transports.
+    pub(super) fn link_end(&self) -> Option<&LinkEnd> {
+        match &self.flavor {
+            Flavor::Link(l) => Some(l),
+            Flavor::Ring { .. } => None,
+        }
+    }
+
     /// The ring end; only called on paths that dispatched to the ring already.
     #[inline]
     fn ring(&self) -> (&End, &Consumer) {

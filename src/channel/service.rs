@@ -110,12 +110,41 @@ fn encode<T: Message>(value: &T, max: usize) -> Result<Vec<u8>, EncodeError> {
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
 pub struct Client<Req: Message, Resp: Message> {
-    id: u64,
-    requests: Sender<Envelope>,
-    responses: Receiver<Envelope>,
+    backend: ClientBackend,
     next_id: std::cell::Cell<u64>,
     max_message: usize,
     _types: PhantomData<fn(Req) -> Resp>,
+}
+
+/// How a client reaches its service.
+enum ClientBackend {
+    /// A request channel and a response channel.
+    Channels(Box<ChannelClient>),
+    /// D-Bus method calls.
+    #[cfg(feature = "dbus")]
+    DBus(Box<crate::transport::dbus::ServiceClient>),
+}
+
+/// A client's own id, the service's request channel and the client's response channel.
+struct ChannelClient {
+    id: u64,
+    requests: Sender<Envelope>,
+    responses: Receiver<Envelope>,
+}
+
+/// The bus and names of a service on D-Bus; `None` on other transports.
+#[cfg(feature = "dbus")]
+fn dbus_service(
+    name: &str,
+    options: &Options,
+) -> Result<Option<(crate::DBusBus, crate::transport::dbus::Names)>, OpenError> {
+    let crate::Transport::DBus { bus } = &options.transport else {
+        return Ok(None);
+    };
+    let object = crate::name::object_name(&options.prefix, name)?;
+    let names = crate::transport::dbus::Names::for_object(&object)
+        .map_err(|e| super::link::open_error::<Envelope>(name, e))?;
+    Ok(Some((bus.clone(), names)))
 }
 
 impl<Req: Message, Resp: Message> Client<Req, Resp> {
@@ -126,7 +155,32 @@ impl<Req: Message, Resp: Message> Client<Req, Resp> {
     /// # Errors
     ///
     /// [`OpenError`] as for [`Sender::open_or_create`].
+    ///
+    /// On [`Transport::DBus`](crate::Transport::DBus) the server must be there already
+    /// (the client waits up to [`Options::connect_timeout`] for it), and a server of another
+    /// request type is an [`OpenError::TypeMismatch`].
     pub fn open(name: &str, options: &Options) -> Result<Self, OpenError> {
+        #[cfg(feature = "dbus")]
+        if let Some((bus, names)) = dbus_service(name, options)? {
+            let (wreq, wresp) = (
+                super::link::wire::<Req>(options),
+                super::link::wire::<Resp>(options),
+            );
+            let client = crate::transport::dbus::ServiceClient::open(
+                &bus,
+                &names,
+                &wreq,
+                &wresp,
+                options.connect_timeout,
+            )
+            .map_err(|e| super::link::open_error::<Req>(name, e))?;
+            return Ok(Client {
+                backend: ClientBackend::DBus(Box::new(client)),
+                next_id: std::cell::Cell::new(0),
+                max_message: wreq.max_frame.min(crate::transport::dbus::MAX_PAYLOAD) + 32,
+                _types: PhantomData,
+            });
+        }
         let mut opts = options.clone();
         opts.delivery(Delivery::Queue);
         let requests = Sender::open_or_create(&format!("{name}.req"), &opts)?;
@@ -134,9 +188,11 @@ impl<Req: Message, Resp: Message> Client<Req, Resp> {
         let responses = Receiver::create(&format!("{name}.resp.{id:x}"), &opts)?;
         let max_message = requests.max_message_size().min(responses_max(&responses));
         Ok(Client {
-            id,
-            requests,
-            responses,
+            backend: ClientBackend::Channels(Box::new(ChannelClient {
+                id,
+                requests,
+                responses,
+            })),
             next_id: std::cell::Cell::new(0),
             max_message,
             _types: PhantomData,
@@ -155,16 +211,21 @@ impl<Req: Message, Resp: Message> Client<Req, Resp> {
         let id = self.next_id.get();
         self.next_id.set(id + 1);
         let body = encode(request, self.max_message.saturating_sub(32))?;
-        if !peer_attached(&self.requests) {
+        let (client_id, requests, responses) = match &self.backend {
+            ClientBackend::Channels(c) => (c.id, &c.requests, &c.responses),
+            #[cfg(feature = "dbus")]
+            ClientBackend::DBus(client) => return dbus_request::<Resp>(client, &body, deadline),
+        };
+        if !peer_attached(requests) {
             return Err(RequestError::ServerGone);
         }
         let envelope = Envelope {
-            client: self.id,
+            client: client_id,
             id,
             body,
         };
         let remaining = deadline.saturating_duration_since(Instant::now());
-        match self.requests.send_timeout(envelope, remaining) {
+        match requests.send_timeout(envelope, remaining) {
             Ok(()) => {}
             Err(crate::SendTimeoutError::Timeout(_)) => return Err(RequestError::Timeout),
             Err(crate::SendTimeoutError::Disconnected(_)) => return Err(RequestError::ServerGone),
@@ -176,10 +237,7 @@ impl<Req: Message, Resp: Message> Client<Req, Resp> {
             if now >= deadline {
                 return Err(RequestError::Timeout);
             }
-            match self
-                .responses
-                .recv_timeout((deadline - now).min(SERVER_CHECK))
-            {
+            match responses.recv_timeout((deadline - now).min(SERVER_CHECK)) {
                 Ok(sample) => {
                     let envelope = sample.into_inner();
                     if envelope.id == id {
@@ -188,7 +246,7 @@ impl<Req: Message, Resp: Message> Client<Req, Resp> {
                     // A late answer to an earlier request that timed out: drop it.
                 }
                 Err(RecvTimeoutError::Timeout) | Err(RecvTimeoutError::Disconnected) => {
-                    if !peer_attached(&self.requests) {
+                    if !peer_attached(requests) {
                         return Err(RequestError::ServerGone);
                     }
                 }
@@ -196,6 +254,31 @@ impl<Req: Message, Resp: Message> Client<Req, Resp> {
                 Err(RecvTimeoutError::Decode(e)) => return Err(RequestError::Decode(e)),
                 Err(RecvTimeoutError::Corrupt(e)) => return Err(RequestError::Corrupt(e)),
             }
+        }
+    }
+}
+
+/// One request as a D-Bus method call.
+#[cfg(feature = "dbus")]
+fn dbus_request<Resp: Message>(
+    client: &crate::transport::dbus::ServiceClient,
+    body: &[u8],
+    deadline: Instant,
+) -> Result<Resp, RequestError> {
+    use crate::transport::dbus::ServiceError;
+    let mut buf = Vec::new();
+    match client.call(body, deadline, &mut buf) {
+        Ok(()) => Ok(Resp::__decode(&buf)?),
+        Err(ServiceError::Gone) => Err(RequestError::ServerGone),
+        Err(ServiceError::Timeout | ServiceError::Full) => {
+            if client.server_present() {
+                Err(RequestError::Timeout)
+            } else {
+                Err(RequestError::ServerGone)
+            }
+        }
+        Err(ServiceError::Refused(reason) | ServiceError::Other(reason)) => {
+            Err(RequestError::Corrupt(CorruptError { reason }))
         }
     }
 }
@@ -231,10 +314,26 @@ impl<Req> Request<Req> {
 /// Several servers of one service compete for requests (each request goes to one).
 pub struct Server<Req: Message, Resp: Message> {
     name: String,
-    requests: Receiver<Envelope>,
+    backend: ServerBackend,
     options: Options,
     clients: std::cell::RefCell<HashMap<u64, Sender<Envelope>>>,
     _types: PhantomData<fn(Req) -> Resp>,
+}
+
+/// Where a server's requests come from.
+enum ServerBackend {
+    Channels(Box<Receiver<Envelope>>),
+    /// D-Bus `Call`s, and those not answered yet by request id.
+    #[cfg(feature = "dbus")]
+    DBus(Box<DBusServer>),
+}
+
+/// A server's D-Bus side: the `Call`s not answered yet, by request id.
+#[cfg(feature = "dbus")]
+struct DBusServer {
+    server: crate::transport::dbus::ServiceServer,
+    pending: std::cell::RefCell<HashMap<u64, crate::transport::dbus::PendingCall>>,
+    next_id: std::cell::Cell<u64>,
 }
 
 impl<Req: Message, Resp: Message> Server<Req, Resp> {
@@ -243,17 +342,93 @@ impl<Req: Message, Resp: Message> Server<Req, Resp> {
     /// # Errors
     ///
     /// [`OpenError`] as for [`Receiver::open_or_create`].
+    ///
+    /// On [`Transport::DBus`](crate::Transport::DBus) the server owns the service's
+    /// well-known name (a second server is refused with
+    /// [`OpenError::TooManyParticipants`]) and at most [`Options::capacity`] requests wait.
     pub fn open(name: &str, options: &Options) -> Result<Self, OpenError> {
         let mut opts = options.clone();
         opts.delivery(Delivery::Queue);
+        #[cfg(feature = "dbus")]
+        if let Some((bus, names)) = dbus_service(name, options)? {
+            let (wreq, wresp) = (
+                super::link::wire::<Req>(options),
+                super::link::wire::<Resp>(options),
+            );
+            let server = crate::transport::dbus::ServiceServer::open(
+                &bus,
+                &names,
+                &wreq,
+                &wresp,
+                options.capacity,
+            )
+            .map_err(|e| super::link::open_error::<Req>(name, e))?;
+            return Ok(Server {
+                name: name.to_owned(),
+                backend: ServerBackend::DBus(Box::new(DBusServer {
+                    server,
+                    pending: Default::default(),
+                    next_id: std::cell::Cell::new(0),
+                })),
+                options: opts,
+                clients: Default::default(),
+                _types: PhantomData,
+            });
+        }
         let requests = Receiver::open_or_create(&format!("{name}.req"), &opts)?;
         Ok(Server {
             name: name.to_owned(),
-            requests,
+            backend: ServerBackend::Channels(Box::new(requests)),
             options: opts,
             clients: Default::default(),
             _types: PhantomData,
         })
+    }
+
+    /// The next D-Bus request, as an envelope whose id finds the call to answer.
+    #[cfg(feature = "dbus")]
+    fn dbus_recv(
+        server: &crate::transport::dbus::ServiceServer,
+        pending: &std::cell::RefCell<HashMap<u64, crate::transport::dbus::PendingCall>>,
+        next_id: &std::cell::Cell<u64>,
+        wait: crate::transport::Wait,
+    ) -> Result<Envelope, crate::transport::LinkError> {
+        let call = server.recv(wait)?;
+        let id = next_id.get();
+        next_id.set(id + 1);
+        let envelope = Envelope {
+            client: call.caller_id(),
+            id,
+            body: call.payload.clone(),
+        };
+        pending.borrow_mut().insert(id, call);
+        Ok(envelope)
+    }
+
+    fn next_envelope(&self, timeout: Option<Duration>) -> Result<Envelope, RecvTimeoutError> {
+        match &self.backend {
+            ServerBackend::Channels(rx) => match timeout {
+                Some(t) => Ok(rx.recv_timeout(t)?.into_inner()),
+                None => rx.recv().map(|s| s.into_inner()).map_err(|e| match e {
+                    RecvError::Decode(d) => RecvTimeoutError::Decode(d),
+                    RecvError::Corrupt(c) => RecvTimeoutError::Corrupt(c),
+                    RecvError::Lagged(n) => RecvTimeoutError::Lagged(n),
+                    RecvError::Disconnected => RecvTimeoutError::Disconnected,
+                }),
+            },
+            #[cfg(feature = "dbus")]
+            ServerBackend::DBus(d) => {
+                use crate::transport::{LinkError, Wait};
+                let wait = timeout.map_or(Wait::Forever, |t| Wait::Until(Instant::now() + t));
+                Self::dbus_recv(&d.server, &d.pending, &d.next_id, wait).map_err(|e| match e {
+                    LinkError::Disconnected => RecvTimeoutError::Disconnected,
+                    LinkError::Timeout | LinkError::WouldBlock => RecvTimeoutError::Timeout,
+                    e => RecvTimeoutError::Corrupt(CorruptError {
+                        reason: e.to_string(),
+                    }),
+                })
+            }
+        }
     }
 
     fn decode(&self, envelope: Envelope) -> Result<Request<Req>, RecvError> {
@@ -271,7 +446,12 @@ impl<Req: Message, Resp: Message> Server<Req, Resp> {
     /// As for [`Receiver::recv`]: `Disconnected` once every client is gone and every
     /// request has been received.
     pub fn recv(&self) -> Result<Request<Req>, RecvError> {
-        let envelope = self.requests.recv()?.into_inner();
+        let envelope = self.next_envelope(None).map_err(|e| match e {
+            RecvTimeoutError::Decode(d) => RecvError::Decode(d),
+            RecvTimeoutError::Corrupt(c) => RecvError::Corrupt(c),
+            RecvTimeoutError::Lagged(n) => RecvError::Lagged(n),
+            _ => RecvError::Disconnected,
+        })?;
         self.decode(envelope)
     }
 
@@ -281,7 +461,7 @@ impl<Req: Message, Resp: Message> Server<Req, Resp> {
     ///
     /// As for [`Receiver::recv_timeout`].
     pub fn recv_timeout(&self, timeout: Duration) -> Result<Request<Req>, RecvTimeoutError> {
-        let envelope = self.requests.recv_timeout(timeout)?.into_inner();
+        let envelope = self.next_envelope(Some(timeout))?;
         self.decode(envelope).map_err(|e| match e {
             RecvError::Decode(d) => RecvTimeoutError::Decode(d),
             RecvError::Corrupt(c) => RecvTimeoutError::Corrupt(c),
@@ -296,6 +476,22 @@ impl<Req: Message, Resp: Message> Server<Req, Resp> {
     ///
     /// [`RespondError::ClientGone`] if that client is no longer there.
     pub fn respond(&self, request: &Request<Req>, response: &Resp) -> Result<(), RespondError> {
+        #[cfg(feature = "dbus")]
+        if let ServerBackend::DBus(d) = &self.backend {
+            use crate::transport::dbus::ServiceError;
+            let Some(call) = d.pending.borrow_mut().remove(&request.id) else {
+                return Err(RespondError::ClientGone); // answered already
+            };
+            let body = encode(response, self.options.max_message_size.max(Resp::INFO.size))?;
+            return match d.server.respond(&call, &body) {
+                Ok(()) => Ok(()),
+                Err(ServiceError::Gone) => Err(RespondError::ClientGone),
+                Err(ServiceError::Refused(reason) | ServiceError::Other(reason)) => {
+                    Err(RespondError::Corrupt(CorruptError { reason }))
+                }
+                Err(ServiceError::Timeout | ServiceError::Full) => Err(RespondError::ClientGone),
+            };
+        }
         let mut clients = self.clients.borrow_mut();
         if !clients.contains_key(&request.client) {
             let channel = format!("{}.resp.{:x}", self.name, request.client);

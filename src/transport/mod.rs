@@ -13,7 +13,9 @@
 //!   receiver and any number of connecting senders;
 //! * [`posix_mq`]: a POSIX message queue;
 //! * [`sysv_mq`]: a System V message queue;
-//! * [`file`]: a persistent, replayable log of segment files in a directory.
+//! * [`file`]: a persistent, replayable log of segment files in a directory;
+//! * [`dbus`] (feature `dbus`): a D-Bus bus, through zbus: method calls for queues and
+//!   request-response, signals for broadcast.
 //!
 //! Byte-stream transports share the framing of [`frame`]; message queues record who is
 //! attached in a small presence file ([`presence`]). `docs/wire-format.md` describes every
@@ -21,6 +23,8 @@
 
 #![cfg_attr(shmbus_loom, allow(dead_code))]
 
+#[cfg(feature = "dbus")]
+pub(crate) mod dbus;
 #[cfg(not(shmbus_loom))]
 pub(crate) mod fifo;
 #[cfg(not(shmbus_loom))]
@@ -105,6 +109,22 @@ pub enum Transport {
         /// The log's directory.
         dir: PathBuf,
     },
+    /// A D-Bus bus (feature `dbus`): the session bus, the system bus or a bus at an address.
+    /// The channel maps to a well-known bus name, object path and interface (default prefix
+    /// and channel `calc`: `org.shmbus.calc`, `/org/shmbus/calc`, `org.shmbus.Channel1`; the
+    /// rules are in `docs/wire-format.md`). With [`Delivery::Queue`](crate::Delivery::Queue)
+    /// (the default) the receiver owns the name and must exist first (a sender waits up to
+    /// [`Options::connect_timeout`](crate::Options::connect_timeout)); each message is a
+    /// `Send(t fingerprint, ay payload)` method call to it, and the receiver holds at most
+    /// [`Options::capacity`](crate::Options::capacity) messages. With
+    /// [`Delivery::Broadcast`](crate::Delivery::Broadcast) the sender owns the name and each
+    /// message is a `Message(t, ay)` signal that every subscribed receiver gets (no
+    /// back-pressure: a sender never waits). `dbus-monitor` and `busctl` see the traffic.
+    #[cfg(feature = "dbus")]
+    DBus {
+        /// Which bus.
+        bus: crate::transport::dbus::DBusBus,
+    },
     /// Shared memory if `/dev/shm` is a writable directory; otherwise the same ring in
     /// System V shared memory if the kernel has it; otherwise a POSIX message queue if the
     /// kernel has them; otherwise a System V message queue. Both ends must make the
@@ -133,6 +153,8 @@ pub enum TransportKind {
     SysvQueue,
     /// A file log.
     File,
+    /// A D-Bus bus.
+    DBus,
 }
 
 impl TransportKind {
@@ -147,6 +169,7 @@ impl TransportKind {
             TransportKind::PosixQueue => "posix-mq",
             TransportKind::SysvQueue => "sysv-mq",
             TransportKind::File => "file",
+            TransportKind::DBus => "dbus",
         }
     }
 }
@@ -309,5 +332,16 @@ pub(crate) trait Link: Send {
     /// The descriptor of an anonymous pipe end, to pass to a child; `None` for others.
     fn into_pipe_fd(self: Box<Self>) -> Option<std::os::fd::OwnedFd> {
         None
+    }
+    /// A descriptor that is readable when [`prepare_poll`](Link::prepare_poll) may return
+    /// `true` (receiving links that can be polled, for `AsyncReceiver`); `None` for others.
+    fn poll_fd(&self) -> Option<std::sync::Arc<dyn std::os::fd::AsFd + Send + Sync>> {
+        None
+    }
+    /// Clears the [`poll_fd`](Link::poll_fd) descriptor and tells whether a receive would
+    /// not wait (a frame, an error or the disconnection is there). `true` where there is no
+    /// descriptor.
+    fn prepare_poll(&mut self) -> bool {
+        true
     }
 }
