@@ -69,6 +69,17 @@ fn now_ns() -> u64 {
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
+/// Consumers when `--consumers` is not given: two, or one where fewer than three CPUs are
+/// online (three busy processes on two CPUs would measure the scheduler, not the channel).
+pub fn default_consumers() -> u32 {
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    if cpus >= 3 {
+        2
+    } else {
+        1
+    }
+}
+
 fn ticks_options(prefix: &str, consumers: u32) -> Options {
     let mut o = Options::new();
     o.prefix(prefix)

@@ -102,9 +102,10 @@ enum Command {
         /// Stream this many messages instead of streaming for --seconds.
         #[arg(long)]
         messages: Option<u64>,
-        /// Consumer processes (each gets every message).
-        #[arg(long, default_value_t = 2)]
-        consumers: u32,
+        /// Consumer processes (each gets every message). Default: 2, or 1 on a machine
+        /// with fewer than 3 CPUs (so that no process has to share a CPU).
+        #[arg(long)]
+        consumers: Option<u32>,
         /// Round trips per round-trip phase.
         #[arg(long, default_value_t = 100_000)]
         round_trips: u64,
@@ -185,7 +186,7 @@ fn main() -> ExitCode {
             &demo::Config {
                 seconds,
                 messages,
-                consumers,
+                consumers: consumers.unwrap_or_else(demo::default_consumers),
                 round_trips,
             },
         ),
