@@ -32,6 +32,8 @@ enum Class {
 
 struct Bench {
     quick: bool,
+    /// `--only A,B`: run only the rows whose "scenario: transport" contains one of these.
+    only: Vec<String>,
     rows: Vec<Row>,
 }
 
@@ -59,6 +61,10 @@ impl Bench {
         f: impl FnOnce() -> Figure,
         note: &str,
     ) {
+        let id = format!("{scenario}: {transport}");
+        if !self.only.is_empty() && !self.only.iter().any(|o| id.contains(o.as_str())) {
+            return;
+        }
         let placement_ns = raw::probe();
         let figure = f();
         let row = Row {
@@ -121,6 +127,89 @@ impl Bench {
                     self.link::<Bus<Big>>(scenario, (transport, "bus"), mode, spec, Class::Spin, b)
                 }
             }
+        }
+    }
+
+    /// shmbus over every transport but shared memory, each against its raw mechanism.
+    fn transports(&mut self, scenario: &str, mode: Mode, size: usize, capacity: usize) {
+        for (t, transport, baseline) in [
+            ("pipe", "shmbus pipe", "pipe"),
+            ("fifo", "shmbus fifo", "pipe"),
+            ("unix", "shmbus unix socket", "unix socket"),
+            ("abstract", "shmbus abstract socket", "unix socket"),
+            ("posix_mq", "shmbus posix mq", "posix mq"),
+            ("sysv_mq", "shmbus sysv mq", "sysv msg"),
+        ] {
+            let spec = Spec {
+                size,
+                capacity,
+                variant: format!("t={t}"),
+            };
+            let b = Some(baseline);
+            let kind = (transport, "bus");
+            match size {
+                64 => self.link::<Bus<Small>>(scenario, kind, mode, spec, Class::Syscall, b),
+                _ => self.link::<Bus<Page>>(scenario, kind, mode, spec, Class::Syscall, b),
+            }
+        }
+    }
+
+    /// The ring in System V shared memory, and every wake strategy (with its spin phase,
+    /// and with none: every wait then sleeps), against the bare rings.
+    fn wakes(&mut self, scenario: &str, mode: Mode) {
+        let (size, capacity) = (64, if mode == Mode::Stream { 1024 } else { 16 });
+        let mut variants = vec![
+            (
+                "t=sysv_shm+busy".to_string(),
+                "shmbus sysv shm busy-poll".to_string(),
+                "seq ring spin",
+                Class::Spin,
+            ),
+            (
+                "t=sysv_shm".to_string(),
+                "shmbus sysv shm default".to_string(),
+                "seq ring futex",
+                Class::Spin,
+            ),
+        ];
+        for w in [
+            "spin",
+            "futex",
+            "posix_sem",
+            "sysv_sem",
+            "signal",
+            "unix_socket",
+            "eventfd",
+        ] {
+            variants.push((
+                format!("wake={w}"),
+                format!("shmbus wake {w}"),
+                "seq ring futex",
+                Class::Spin,
+            ));
+            if mode == Mode::RoundTrip && w != "spin" {
+                variants.push((
+                    format!("wake={w}+nospin"),
+                    format!("shmbus wake {w} no spin"),
+                    "seq ring futex",
+                    Class::Syscall,
+                ));
+            }
+        }
+        for (variant, transport, baseline, class) in variants {
+            let spec = Spec {
+                size,
+                capacity,
+                variant,
+            };
+            self.link::<Bus<Small>>(
+                scenario,
+                (&transport, "bus"),
+                mode,
+                spec,
+                class,
+                Some(baseline),
+            );
         }
     }
 
@@ -220,9 +309,17 @@ fn main() {
         }
         return;
     }
-    let quick = std::env::args().any(|a| a == "--quick");
+    let args: Vec<String> = std::env::args().collect();
+    let quick = args.iter().any(|a| a == "--quick");
+    let only = args
+        .iter()
+        .position(|a| a == "--only")
+        .and_then(|i| args.get(i + 1))
+        .map(|s| s.split(',').map(str::to_string).collect())
+        .unwrap_or_default();
     let mut b = Bench {
         quick,
+        only,
         rows: Vec::new(),
     };
     println!(
@@ -236,11 +333,21 @@ fn main() {
         let capacity = if size >= 1 << 20 { 4 } else { 16 };
         b.raw(&scenario, Mode::RoundTrip, size, capacity);
         b.bus(&scenario, Mode::RoundTrip, size, capacity);
+        if size <= 4096 {
+            b.transports(&scenario, Mode::RoundTrip, size, capacity);
+        }
+        if size == 64 {
+            b.wakes(&scenario, Mode::RoundTrip);
+        }
     }
     for (size, label, capacity) in [(64, "64 B", 1024), (1 << 20, "1 MiB", 8)] {
         let scenario = format!("stream {label}");
         b.raw(&scenario, Mode::Stream, size, capacity);
         b.bus(&scenario, Mode::Stream, size, capacity);
+        if size == 64 {
+            b.transports(&scenario, Mode::Stream, size, capacity);
+            b.wakes(&scenario, Mode::Stream);
+        }
     }
     println!();
     println!("Targets (medians, this run):");
@@ -308,6 +415,34 @@ fn main() {
         "seq ring spin",
         ">=",
         0.8,
+    );
+    for (transport, raw) in [
+        ("shmbus pipe", "pipe"),
+        ("shmbus fifo", "pipe"),
+        ("shmbus unix socket", "unix socket"),
+        ("shmbus abstract socket", "unix socket"),
+        ("shmbus posix mq", "posix mq"),
+        ("shmbus sysv mq", "sysv msg"),
+    ] {
+        for scenario in ["round trip 64 B", "round trip 4 KiB"] {
+            harness::target(rows, scenario, transport, raw, "<=", 1.15);
+        }
+        harness::target(rows, "stream 64 B", transport, raw, ">=", 0.85);
+    }
+    for w in ["posix_sem", "sysv_sem", "signal", "unix_socket", "eventfd"] {
+        let who = format!("shmbus wake {w}");
+        harness::target(rows, "stream 64 B", &who, "seq ring futex", ">=", 3.0);
+        harness::target(rows, "round trip 64 B", &who, "seq ring futex", "<=", 1.1);
+        let who = format!("shmbus wake {w} no spin");
+        harness::target(rows, "round trip 64 B", &who, "seq ring futex", "<=", 1.1);
+    }
+    harness::target(
+        rows,
+        "round trip 64 B",
+        "shmbus wake futex no spin",
+        "seq ring futex",
+        "<=",
+        1.1,
     );
     println!("(iceoryx2 targets: `cargo run --release --manifest-path peers/Cargo.toml`)");
 }

@@ -27,12 +27,14 @@ pub fn pin(cpu: usize) -> bool {
 
 /// Starts this executable again as `--child ARGS...`; the child pins itself to CPU 1.
 pub fn spawn_child(args: &[String]) -> Child {
-    Command::new(std::env::current_exe().expect("current executable"))
-        .arg("--child")
-        .args(args)
-        .stdin(Stdio::null())
-        .spawn()
-        .expect("spawn child process")
+    child_command(args).spawn().expect("spawn child process")
+}
+
+/// The command that [`spawn_child`] runs.
+pub fn child_command(args: &[String]) -> Command {
+    let mut cmd = Command::new(std::env::current_exe().expect("current executable"));
+    cmd.arg("--child").args(args).stdin(Stdio::null());
+    cmd
 }
 
 /// If this process was started by [`spawn_child`], its arguments after `--child`.
@@ -157,6 +159,9 @@ pub trait Link: Sized {
     fn send(&mut self, fill: impl FnOnce(&mut [u64]));
     /// Receives one message and lets `read` look at its payload.
     fn recv(&mut self, read: impl FnOnce(&[u64]));
+    /// Called by the parent before the child is started, with its command (e.g. to pass it
+    /// descriptors).
+    fn prepare_child(&mut self, _cmd: &mut Command) {}
     /// Called by the parent after the child was started (e.g. to accept a connection).
     fn connected(&mut self) {}
 }
@@ -202,7 +207,10 @@ pub fn run_link<L: Link>(kind: &str, mode: Mode, spec: &Spec, counts: Counts) ->
     ];
     args.extend(link_args);
     pin(0);
-    let child = spawn_child(&args);
+    let mut cmd = child_command(&args);
+    link.prepare_child(&mut cmd);
+    let child = cmd.spawn().expect("spawn child process");
+    drop(cmd);
     link.connected();
     let fig = match mode {
         Mode::RoundTrip => {
