@@ -263,6 +263,7 @@ impl LinkEnd {
                     create,
                     options.file_mode,
                     options.message_type,
+                    options.spin,
                 )
                 .map_err(err)?;
                 let max = q.max_frame().min(w.max_frame.max(1));
