@@ -39,33 +39,13 @@ const MAX_HELLO: usize = 8 + 4 + 8 + 4 + 2 + 1024;
 /// Upper bound on any frame, whatever a peer announces.
 pub(crate) const MAX_FRAME: usize = 64 << 20;
 
-const CRC_TABLE: [u32; 256] = {
-    let mut table = [0u32; 256];
-    let mut i = 0;
-    while i < 256 {
-        let mut c = i as u32;
-        let mut k = 0;
-        while k < 8 {
-            c = if c & 1 != 0 {
-                0xEDB8_8320 ^ (c >> 1)
-            } else {
-                c >> 1
-            };
-            k += 1;
-        }
-        table[i] = c;
-        i += 1;
-    }
-    table
-};
-
-/// CRC-32 (IEEE 802.3, reflected, as zlib) continued from `crc` (start with 0).
+/// CRC-32 (IEEE 802.3, reflected, as zlib) continued from `crc` (start with 0). Computed
+/// by `crc32fast` (carry-less multiplication where the CPU has it, else slice-by-16): a
+/// byte-at-a-time table costs about seven instructions a byte, 28 000 for a 4 KiB frame.
 pub(crate) fn crc32(crc: u32, bytes: &[u8]) -> u32 {
-    let mut c = !crc;
-    for &b in bytes {
-        c = CRC_TABLE[((c ^ b as u32) & 0xff) as usize] ^ (c >> 8);
-    }
-    !c
+    let mut h = crc32fast::Hasher::new_with_initial(crc);
+    h.update(bytes);
+    h.finalize()
 }
 
 /// Appends one frame to `out`.
