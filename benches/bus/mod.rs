@@ -115,8 +115,9 @@ pub fn options(spec: &Spec, name: &str) -> Options {
     o
 }
 
-/// shmbus as a [`Link`]. The channels are opened in `connected` (parent) and `attach`
-/// (child), once both processes exist: some transports wait in `open` for the other end.
+/// shmbus as a [`Link`]. Shared-memory rings are created by the parent in `create`; other
+/// transports are opened in `connected` (parent) and `attach` (child), once both processes
+/// exist, since some wait in `open` for the other end.
 pub struct Bus<M: Words> {
     tx: Option<Sender<M>>,
     rx: Option<Receiver<M>>,
@@ -166,13 +167,28 @@ impl<M: Words> Bus<M> {
     }
 }
 
+impl<M: Words> Bus<M> {
+    /// Opens the parent's ends by name (every transport but pipes).
+    fn open_parent(&mut self) {
+        let (down, up) = (format!("{}.d", self.name), format!("{}.u", self.name));
+        self.tx =
+            Some(Sender::open_or_create(&down, &options(&self.spec, &down)).expect("open sender"));
+        self.rx =
+            Some(Receiver::open_or_create(&up, &options(&self.spec, &up)).expect("open receiver"));
+    }
+}
+
 impl<M: Words> Link for Bus<M> {
     fn create(spec: &Spec) -> (Self, Vec<String>) {
         block_signal(spec);
         let serial = SERIAL.fetch_add(1, Ordering::Relaxed);
         let name = format!("bench-{}-{serial}", std::process::id());
         let mut bus = Bus::new(spec, name.clone());
-        if transport(&spec.variant) == "pipe" {
+        let t = transport(&spec.variant);
+        if t == "shm" || t == "sysv_shm" {
+            // Either side may open first: the parent creates the rings, as it always did.
+            bus.open_parent();
+        } else if t == "pipe" {
             let (tx, child_rx) = shmbus::pipe::<M>().expect("pipe");
             let (child_tx, rx) = shmbus::pipe::<M>().expect("pipe");
             bus.tx = Some(tx);
@@ -190,14 +206,9 @@ impl<M: Words> Link for Bus<M> {
     }
 
     fn connected(&mut self) {
-        if self.tx.is_some() {
-            return; // pipes, made in `create`
+        if self.tx.is_none() {
+            self.open_parent();
         }
-        let (down, up) = (format!("{}.d", self.name), format!("{}.u", self.name));
-        self.tx =
-            Some(Sender::open_or_create(&down, &options(&self.spec, &down)).expect("open sender"));
-        self.rx =
-            Some(Receiver::open_or_create(&up, &options(&self.spec, &up)).expect("open receiver"));
     }
 
     fn attach(spec: &Spec, args: &[String]) -> Self {

@@ -372,11 +372,19 @@ pub fn fmt_figure(f: &Figure) -> (String, String) {
     }
 }
 
-/// `row ÷ baseline` for the same scenario (latency: below 1 is better; rate: above 1 is).
+/// The latest row of `transport` in `row`'s scenario measured in the same placement as `row`.
+pub fn same_placement<'a>(rows: &'a [Row], row: &Row, transport: &str) -> Option<&'a Row> {
+    rows.iter().rev().find(|r| {
+        r.scenario == row.scenario
+            && r.transport == transport
+            && placement_label(r.placement_ns) == placement_label(row.placement_ns)
+    })
+}
+
+/// `row ÷ baseline` for the same scenario, with the latest baseline row measured in the
+/// same placement; `None` if there is none (latency: below 1 is better; rate: above 1 is).
 pub fn ratio(rows: &[Row], row: &Row, baseline: &str) -> Option<f64> {
-    let base = rows
-        .iter()
-        .find(|r| r.scenario == row.scenario && r.transport == baseline)?;
+    let base = same_placement(rows, row, baseline)?;
     match (row.figure, base.figure) {
         (Figure::Latency { median: a, .. }, Figure::Latency { median: b, .. }) => Some(a / b),
         (Figure::Rate { per_s: a, .. }, Figure::Rate { per_s: b, .. }) => Some(a / b),
@@ -403,6 +411,12 @@ pub fn print_row(rows: &[Row], row: &Row) {
     let r = match &row.baseline {
         Some(b) => match ratio(rows, row, b) {
             Some(x) => format!("{x:.2}× {b}"),
+            None if rows
+                .iter()
+                .any(|r| r.scenario == row.scenario && &r.transport == b) =>
+            {
+                format!("– ({b} not measured in this placement)")
+            }
             None => format!("– ({b} missing)"),
         },
         None => "–".into(),
@@ -423,6 +437,7 @@ pub fn print_row(rows: &[Row], row: &Row) {
 pub fn target(rows: &[Row], scenario: &str, who: &str, base: &str, op: &str, bound: f64) -> bool {
     let row = rows
         .iter()
+        .rev()
         .find(|r| r.scenario == scenario && r.transport == who);
     let x = row.and_then(|r| ratio(rows, r, base));
     let ok = match (x, op) {
@@ -432,8 +447,18 @@ pub fn target(rows: &[Row], scenario: &str, who: &str, base: &str, op: &str, bou
     };
     println!(
         "- {scenario}: {who} ÷ {base} = {} (target {op} {bound}) {}",
-        x.map_or("n/a".to_string(), |x| format!("{x:.2}")),
-        if ok { "HOLDS" } else { "MISSED" }
+        x.map_or(
+            "n/a (no baseline in the same placement)".to_string(),
+            |x| format!(
+                "{x:.2} ({} placement)",
+                row.map_or("", |r| placement_label(r.placement_ns))
+            )
+        ),
+        match (x, ok) {
+            (None, _) => "UNKNOWN",
+            (_, true) => "HOLDS",
+            _ => "MISSED",
+        }
     );
     ok
 }

@@ -406,49 +406,6 @@ impl Producer {
     /// not write the payload, committing the position empty instead).
     #[inline]
     pub(crate) fn try_claim<M: Memory>(&self, mem: &M) -> Result<Claim, Corruption> {
-        // Fast path, queue mode: the first round of the loop in `try_claim_slow` when the
-        // slot is free, inlined into the caller. Anything else (full, a lost race, a stale
-        // tail, corruption, broadcast) goes the whole way.
-        if !self.delivery.broadcast {
-            let cap = mem.geometry().capacity;
-            let tail = &mem.control().tail.0;
-            let pos = if self.single {
-                self.next.get()
-            } else {
-                tail.load(Ordering::Acquire)
-            };
-            if pos <= POS_MASK - cap {
-                let slot = mem.slot(pos);
-                let seq = slot.seq.load(Ordering::Acquire);
-                if seq == pos {
-                    let claimed = tagged(pos, CLAIMED, self.index);
-                    if self.single {
-                        slot.seq.store(claimed, Ordering::Relaxed);
-                        self.next.set(pos + 1);
-                        tail.store(pos + 1, Ordering::Release);
-                        return Ok(Claim::Claimed(pos));
-                    }
-                    if slot
-                        .seq
-                        .compare_exchange(seq, claimed, Ordering::AcqRel, Ordering::Relaxed)
-                        .is_ok()
-                    {
-                        let _ = tail.compare_exchange(
-                            pos,
-                            pos + 1,
-                            Ordering::AcqRel,
-                            Ordering::Relaxed,
-                        );
-                        return Ok(Claim::Claimed(pos));
-                    }
-                }
-            }
-        }
-        self.try_claim_slow(mem)
-    }
-
-    #[inline(never)]
-    fn try_claim_slow<M: Memory>(&self, mem: &M) -> Result<Claim, Corruption> {
         let cap = mem.geometry().capacity;
         let tail = &mem.control().tail.0;
         let mut skipped = 0;
@@ -568,9 +525,7 @@ impl Producer {
         // Statistics, on our own line (after the commit: never delays the receiver).
         let stats = mem.counters(Role::Sender, self.index);
         Counters::bump(&stats.sent, u64::from(!skip));
-        if woke {
-            Counters::bump(&stats.wakeups, 1);
-        }
+        Counters::bump(&stats.wakeups, u64::from(woke));
         woke
     }
 }
@@ -627,68 +582,8 @@ impl Consumer {
 
     /// Tries to take the next committed message. Slots committed empty (`SKIP`) are released
     /// and stepped over.
-    #[inline(always)]
+    #[inline]
     pub(crate) fn try_take<M: Memory>(&self, mem: &M) -> Result<Take, Corruption> {
-        // Fast path, queue mode: the first round of the loop in `try_take_slow` when the slot
-        // holds an ordinary message, inlined into the caller. A skipped slot, a bad length,
-        // a lost race, a stale head, an empty ring or corruption go the whole way.
-        if !self.delivery.broadcast {
-            let g = mem.geometry();
-            let cap = g.capacity;
-            let head = &mem.control().head.0;
-            let pos = if self.single {
-                self.next.get()
-            } else {
-                head.load(Ordering::Acquire)
-            };
-            if pos <= POS_MASK - cap {
-                let slot = mem.slot(pos);
-                let seq = slot.seq.load(Ordering::Acquire);
-                if seq == pos + 1 {
-                    let taken = tagged(pos + 1, TAKEN, self.index);
-                    let won = if self.single {
-                        slot.seq.store(taken, Ordering::Relaxed);
-                        self.next.set(pos + 1);
-                        head.store(pos + 1, Ordering::Release);
-                        true
-                    } else if slot
-                        .seq
-                        .compare_exchange(seq, taken, Ordering::AcqRel, Ordering::Relaxed)
-                        .is_ok()
-                    {
-                        let _ = head.compare_exchange(
-                            pos,
-                            pos + 1,
-                            Ordering::AcqRel,
-                            Ordering::Relaxed,
-                        );
-                        true
-                    } else {
-                        false
-                    };
-                    if won {
-                        let len = slot.len.load(Ordering::Relaxed);
-                        let flags = slot.flags.load(Ordering::Relaxed);
-                        if flags & slot_flags::SKIP == 0 && len <= g.max_message {
-                            let stats = mem.counters(Role::Receiver, self.index);
-                            Counters::bump(&stats.received, 1);
-                            return Ok(Take::Ready { pos, len });
-                        }
-                        // Released here; the loop goes on with the next position.
-                        if let Some(len) = self.check_slot(mem, slot, pos)? {
-                            let stats = mem.counters(Role::Receiver, self.index);
-                            Counters::bump(&stats.received, 1);
-                            return Ok(Take::Ready { pos, len });
-                        }
-                    }
-                }
-            }
-        }
-        self.try_take_slow(mem)
-    }
-
-    #[inline(never)]
-    fn try_take_slow<M: Memory>(&self, mem: &M) -> Result<Take, Corruption> {
         if self.delivery.broadcast {
             return self.try_read(mem);
         }
@@ -871,29 +766,22 @@ impl Consumer {
             .store(cursor, Ordering::Release);
     }
 
-    /// Broadcast: lets go of the slot of `pos`, read in place.
-    #[inline(never)]
-    fn unpin<M: Memory>(&self, mem: &M, pos: u64) {
-        mem.slot(pos)
-            .pins
-            .fetch_and(!(1u64 << self.index), Ordering::AcqRel);
-        {
-            let mut out = self.outstanding.borrow_mut();
-            if let Some(i) = out.iter().position(|&p| p == pos) {
-                out.remove(i);
-            }
-        }
-        self.advance_cursor(mem);
-    }
-
     /// Frees a taken position for the senders. Returns whether a wake-up was issued.
     #[inline]
     pub(crate) fn release<M: Memory>(&self, mem: &M, pos: u64) -> bool {
+        let slot = mem.slot(pos);
         if self.delivery.broadcast {
-            self.unpin(mem, pos);
+            slot.pins.fetch_and(!(1u64 << self.index), Ordering::AcqRel);
+            {
+                let mut out = self.outstanding.borrow_mut();
+                if let Some(i) = out.iter().position(|&p| p == pos) {
+                    out.remove(i);
+                }
+            }
+            self.advance_cursor(mem);
         } else {
             let cap = mem.geometry().capacity;
-            mem.slot(pos).seq.store(pos + cap, Ordering::Release);
+            slot.seq.store(pos + cap, Ordering::Release);
         }
         let woke = wait::notify(mem, Role::Sender);
         if woke {
