@@ -1,9 +1,16 @@
 //! The cross-process comparison: shmbus and raw baselines, side by side, in one run.
 //!
 //! ```text
-//! cargo bench --bench compare              # the whole table (about a minute)
+//! cargo bench --bench compare              # the whole table (one to two minutes)
 //! cargo bench --bench compare -- --quick   # fewer iterations
+//! cargo bench --bench compare -- --only "stream 64 B,round trip 64 B: shmbus"
 //! ```
+//!
+//! Rows: the raw baselines, shmbus on shared memory (busy-poll and default, 8 × 8 and
+//! 1 × 1), shmbus over every other transport against its raw mechanism, and every wake
+//! strategy (with and without its spin phase) against the bare futex ring. A ratio only
+//! divides figures taken in the same placement: a baseline measured in the other one is
+//! measured again.
 //!
 //! Every scenario runs between two processes: this one, pinned to CPU 0, and a copy of it
 //! started with `--child ...`, pinned to CPU 1. Before each row, a spin-flag round trip

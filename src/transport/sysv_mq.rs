@@ -59,6 +59,8 @@ pub(crate) struct SysvMq {
 }
 
 impl SysvMq {
+    // The channel's options, unpacked for this transport.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn open(
         object: &str,
         key: Option<i32>,
