@@ -448,7 +448,12 @@ pub fn target(rows: &[Row], scenario: &str, who: &str, base: &str, op: &str, bou
     println!(
         "- {scenario}: {who} ÷ {base} = {} (target {op} {bound}) {}",
         x.map_or(
-            "n/a (no baseline in the same placement)".to_string(),
+            if row.is_some() {
+                "n/a (no baseline in the same placement)"
+            } else {
+                "n/a (not measured)"
+            }
+            .to_string(),
             |x| format!(
                 "{x:.2} ({} placement)",
                 row.map_or("", |r| placement_label(r.placement_ns))
