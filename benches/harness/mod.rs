@@ -27,12 +27,14 @@ pub fn pin(cpu: usize) -> bool {
 
 /// Starts this executable again as `--child ARGS...`; the child pins itself to CPU 1.
 pub fn spawn_child(args: &[String]) -> Child {
-    Command::new(std::env::current_exe().expect("current executable"))
-        .arg("--child")
-        .args(args)
-        .stdin(Stdio::null())
-        .spawn()
-        .expect("spawn child process")
+    child_command(args).spawn().expect("spawn child process")
+}
+
+/// The command that [`spawn_child`] runs.
+pub fn child_command(args: &[String]) -> Command {
+    let mut cmd = Command::new(std::env::current_exe().expect("current executable"));
+    cmd.arg("--child").args(args).stdin(Stdio::null());
+    cmd
 }
 
 /// If this process was started by [`spawn_child`], its arguments after `--child`.
@@ -157,6 +159,9 @@ pub trait Link: Sized {
     fn send(&mut self, fill: impl FnOnce(&mut [u64]));
     /// Receives one message and lets `read` look at its payload.
     fn recv(&mut self, read: impl FnOnce(&[u64]));
+    /// Called by the parent before the child is started, with its command (e.g. to pass it
+    /// descriptors).
+    fn prepare_child(&mut self, _cmd: &mut Command) {}
     /// Called by the parent after the child was started (e.g. to accept a connection).
     fn connected(&mut self) {}
 }
@@ -202,7 +207,10 @@ pub fn run_link<L: Link>(kind: &str, mode: Mode, spec: &Spec, counts: Counts) ->
     ];
     args.extend(link_args);
     pin(0);
-    let child = spawn_child(&args);
+    let mut cmd = child_command(&args);
+    link.prepare_child(&mut cmd);
+    let child = cmd.spawn().expect("spawn child process");
+    drop(cmd);
     link.connected();
     let fig = match mode {
         Mode::RoundTrip => {
@@ -364,11 +372,19 @@ pub fn fmt_figure(f: &Figure) -> (String, String) {
     }
 }
 
-/// `row ÷ baseline` for the same scenario (latency: below 1 is better; rate: above 1 is).
+/// The latest row of `transport` in `row`'s scenario measured in the same placement as `row`.
+pub fn same_placement<'a>(rows: &'a [Row], row: &Row, transport: &str) -> Option<&'a Row> {
+    rows.iter().rev().find(|r| {
+        r.scenario == row.scenario
+            && r.transport == transport
+            && placement_label(r.placement_ns) == placement_label(row.placement_ns)
+    })
+}
+
+/// `row ÷ baseline` for the same scenario, with the latest baseline row measured in the
+/// same placement; `None` if there is none (latency: below 1 is better; rate: above 1 is).
 pub fn ratio(rows: &[Row], row: &Row, baseline: &str) -> Option<f64> {
-    let base = rows
-        .iter()
-        .find(|r| r.scenario == row.scenario && r.transport == baseline)?;
+    let base = same_placement(rows, row, baseline)?;
     match (row.figure, base.figure) {
         (Figure::Latency { median: a, .. }, Figure::Latency { median: b, .. }) => Some(a / b),
         (Figure::Rate { per_s: a, .. }, Figure::Rate { per_s: b, .. }) => Some(a / b),
@@ -395,6 +411,12 @@ pub fn print_row(rows: &[Row], row: &Row) {
     let r = match &row.baseline {
         Some(b) => match ratio(rows, row, b) {
             Some(x) => format!("{x:.2}× {b}"),
+            None if rows
+                .iter()
+                .any(|r| r.scenario == row.scenario && &r.transport == b) =>
+            {
+                format!("– ({b} not measured in this placement)")
+            }
             None => format!("– ({b} missing)"),
         },
         None => "–".into(),
@@ -415,6 +437,7 @@ pub fn print_row(rows: &[Row], row: &Row) {
 pub fn target(rows: &[Row], scenario: &str, who: &str, base: &str, op: &str, bound: f64) -> bool {
     let row = rows
         .iter()
+        .rev()
         .find(|r| r.scenario == scenario && r.transport == who);
     let x = row.and_then(|r| ratio(rows, r, base));
     let ok = match (x, op) {
@@ -424,8 +447,23 @@ pub fn target(rows: &[Row], scenario: &str, who: &str, base: &str, op: &str, bou
     };
     println!(
         "- {scenario}: {who} ÷ {base} = {} (target {op} {bound}) {}",
-        x.map_or("n/a".to_string(), |x| format!("{x:.2}")),
-        if ok { "HOLDS" } else { "MISSED" }
+        x.map_or(
+            if row.is_some() {
+                "n/a (no baseline in the same placement)"
+            } else {
+                "n/a (not measured)"
+            }
+            .to_string(),
+            |x| format!(
+                "{x:.2} ({} placement)",
+                row.map_or("", |r| placement_label(r.placement_ns))
+            )
+        ),
+        match (x, ok) {
+            (None, _) => "UNKNOWN",
+            (_, true) => "HOLDS",
+            _ => "MISSED",
+        }
     );
     ok
 }

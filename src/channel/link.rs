@@ -301,6 +301,7 @@ impl LinkEnd {
                     create,
                     &access,
                     options.message_type,
+                    options.spin,
                 )
                 .map_err(err)?;
                 let max = q.max_frame().min(w.max_frame.max(1));

@@ -71,6 +71,9 @@ pub(crate) struct End {
     name: String,
     spin: Duration,
     last_liveness: Cell<Instant>,
+    /// An entry of the other role that was active when last looked at: `peers_fast` reads
+    /// that one entry, and scans the table only when it is no longer active.
+    peer_hint: Cell<u32>,
 }
 
 impl End {
@@ -315,6 +318,7 @@ impl End {
             name: name.to_owned(),
             spin,
             last_liveness: Cell::new(Instant::now()),
+            peer_hint: Cell::new(0),
         })
     }
 
@@ -351,7 +355,22 @@ impl End {
         if !self.stops_when_peer_gone() {
             return Peers::Attached;
         }
-        ring::peers(&self.seg, ring::other(self.role), false)
+        let other = ring::other(self.role);
+        if ring::is_active(&self.seg, other, self.peer_hint.get()) {
+            return Peers::Attached;
+        }
+        self.peers_scan()
+    }
+
+    /// `peers_fast` when the hinted entry is not active: the whole table.
+    #[cold]
+    fn peers_scan(&self) -> Peers {
+        let other = ring::other(self.role);
+        if let Some(index) = ring::first_active(&self.seg, other) {
+            self.peer_hint.set(index);
+            return Peers::Attached;
+        }
+        ring::peers(&self.seg, other, false)
     }
 
     /// The state of the other side, checking now that attached peers are alive.

@@ -179,7 +179,7 @@ impl<T: Message> Receiver<T> {
     /// Receives from a fallback transport into an owned sample.
     fn recv_link(l: &LinkEnd, wait: Wait) -> Result<Sample<'_, T>, LinkFail> {
         l.recv::<T>(wait).map(|v| Sample {
-            inner: Inner::Owned(v),
+            inner: Inner::Owned(Box::new(v)),
         })
     }
 
@@ -193,6 +193,7 @@ impl<T: Message> Receiver<T> {
     }
 
     /// Turns a taken slot into a sample.
+    #[inline]
     fn sample(&self, pos: u64, len: u32) -> Result<Sample<'_, T>, DecodeError> {
         let (end, consumer) = self.ring();
         let mem = &end.seg;
@@ -223,7 +224,7 @@ impl<T: Message> Receiver<T> {
                 let value = T::__decode(bytes);
                 consumer.release(mem, pos);
                 Ok(Sample {
-                    inner: Inner::Owned(value?),
+                    inner: Inner::Owned(Box::new(value?)),
                 })
             }
         }
@@ -237,7 +238,23 @@ impl<T: Message> Receiver<T> {
     /// committed has been received; [`RecvError::Decode`] for a message that cannot be
     /// decoded (it is dropped, the channel goes on); [`RecvError::Corrupt`] if the channel
     /// memory was corrupted.
+    #[inline]
     pub fn recv(&self) -> Result<Sample<'_, T>, RecvError> {
+        // Fast path: a message is waiting in the ring. Everything else (an empty ring,
+        // another transport) goes through `recv_slow`.
+        if let Flavor::Ring { end, consumer } = &self.flavor {
+            match consumer.try_take(&end.seg) {
+                Ok(Take::Ready { pos, len }) => return Ok(self.sample(pos, len)?),
+                Ok(Take::Lagged(n)) => return Err(RecvError::Lagged(n)),
+                Ok(Take::Empty) => {}
+                Err(c) => return Err(RecvError::Corrupt(c.into())),
+            }
+        }
+        self.recv_slow()
+    }
+
+    #[inline(never)]
+    fn recv_slow(&self) -> Result<Sample<'_, T>, RecvError> {
         if let Flavor::Link(l) = &self.flavor {
             return Self::recv_link(l, Wait::Forever).map_err(|f| match f {
                 LinkFail::Decode(e) => RecvError::Decode(e),
@@ -418,7 +435,11 @@ enum Inner<'a, T: Message> {
         pos: u64,
         ptr: NonNull<T>,
     },
-    Owned(T),
+    /// Boxed, so that a sample stays a few words long whatever the size of `T`: it is
+    /// returned by value through several calls, and an inline `T` made every one of them
+    /// copy the whole message (a megabyte message was copied once per receive, in place or
+    /// not, and took that much stack).
+    Owned(Box<T>),
 }
 
 impl<T: Message> Sample<'_, T> {
@@ -437,7 +458,7 @@ impl<T: Message> Sample<'_, T> {
             }
             // SAFETY: `this` is never used or dropped again, so moving the value out leaves
             // no second owner.
-            Inner::Owned(v) => unsafe { std::ptr::read(v) },
+            Inner::Owned(v) => *unsafe { std::ptr::read(v) },
         }
     }
 
@@ -461,6 +482,7 @@ impl<T: Message> Deref for Sample<'_, T> {
 }
 
 impl<T: Message> Drop for Sample<'_, T> {
+    #[inline]
     fn drop(&mut self) {
         if let Inner::InPlace { rx, pos, .. } = &self.inner {
             let (end, consumer) = rx.ring();

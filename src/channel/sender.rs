@@ -204,7 +204,21 @@ impl<T: Message> Sender<T> {
         }
     }
 
+    #[inline]
     fn claim(&self, deadline: Option<Instant>, block: bool) -> Result<u64, Failure> {
+        // Fast path: a receiver is there and a slot is free. Everything else is decided
+        // again, from the start, by `claim_slow`.
+        let (end, producer) = self.ring();
+        if end.peers_fast() != Peers::Gone {
+            if let Ok(Claim::Claimed(pos)) = producer.try_claim(&end.seg) {
+                return Ok(pos);
+            }
+        }
+        self.claim_slow(deadline, block)
+    }
+
+    #[inline(never)]
+    fn claim_slow(&self, deadline: Option<Instant>, block: bool) -> Result<u64, Failure> {
         let (end, producer) = self.ring();
         let mem = &end.seg;
         if end.peers_fast() == Peers::Gone {
@@ -340,6 +354,7 @@ impl<T: Message> Sender<T> {
     /// # Errors
     ///
     /// As for [`send`](Self::send), with `()` in place of the message.
+    #[inline]
     pub fn loan(&self) -> Result<Loan<'_, T>, SendError<()>>
     where
         T: ZeroCopy,
@@ -526,6 +541,7 @@ impl<T: ZeroCopy> DerefMut for Loan<'_, T> {
 }
 
 impl<T: ZeroCopy> Drop for Loan<'_, T> {
+    #[inline]
     fn drop(&mut self) {
         if self.local {
             if !self.sent {

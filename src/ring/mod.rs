@@ -362,6 +362,18 @@ pub(crate) fn peers<M: Memory>(mem: &M, role: Role, check_liveness: bool) -> Pee
     }
 }
 
+/// The first participant entry of `role` that says "active", from shared state only (the
+/// answer of [`peers`] without liveness checks is `Attached` exactly when there is one).
+pub(crate) fn first_active<M: Memory>(mem: &M, role: Role) -> Option<u32> {
+    (0..max_of(mem, role)).find(|&index| is_active(mem, role, index))
+}
+
+/// Whether entry `index` (below the role's maximum) of `role` says "active".
+#[inline]
+pub(crate) fn is_active<M: Memory>(mem: &M, role: Role, index: u32) -> bool {
+    mem.participant(role, index).state.load(Ordering::Acquire) & state::MASK == state::ACTIVE
+}
+
 /// The smallest cursor of the active subscribers, or `u64::MAX` if there are none.
 fn min_subscriber_cursor<M: Memory>(mem: &M) -> u64 {
     let mut min = u64::MAX;

@@ -461,6 +461,7 @@ pub(crate) fn read_header(map: &Mapping, size: u64) -> Result<(Header, Geometry)
 }
 
 /// The position of a participant in the participant table (and the counters table).
+#[inline]
 pub(crate) fn entry_index(g: &Geometry, role: Role, index: u32) -> u64 {
     (match role {
         Role::Sender => {
@@ -520,10 +521,12 @@ impl Drop for Segment {
 }
 
 impl Memory for Segment {
+    #[inline]
     fn geometry(&self) -> &Geometry {
         &self.geometry
     }
 
+    #[inline]
     fn control(&self) -> &Control {
         // SAFETY: CONTROL_OFFSET + size_of::<Control>() <= participants_offset <= ring_offset
         // <= total_size <= mapping length (validated); the base is page aligned and
@@ -532,6 +535,7 @@ impl Memory for Segment {
         unsafe { &*(self.base.as_ptr().add(super::layout::CONTROL_OFFSET) as *const Control) }
     }
 
+    #[inline]
     fn participant(&self, role: Role, index: u32) -> &Participant {
         let g = &self.geometry;
         let entry = entry_index(g, role, index);
@@ -543,6 +547,7 @@ impl Memory for Segment {
         unsafe { &*(self.base.as_ptr().add(offset as usize) as *const Participant) }
     }
 
+    #[inline]
     fn counters(&self, role: Role, index: u32) -> &Counters {
         let g = &self.geometry;
         let offset = g.counters_offset

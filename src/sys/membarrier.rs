@@ -29,8 +29,18 @@ fn membarrier(cmd: libc::c_int) -> libc::c_long {
 
 /// Whether this process is registered for expedited global barriers (registering on first
 /// call).
+#[inline]
 pub(crate) fn available() -> bool {
-    static STATE: OnceLock<bool> = OnceLock::new();
+    match STATE.get() {
+        Some(&v) => v,
+        None => register(),
+    }
+}
+
+static STATE: OnceLock<bool> = OnceLock::new();
+
+#[cold]
+fn register() -> bool {
     *STATE.get_or_init(|| {
         let supported = membarrier(QUERY);
         supported >= 0

@@ -39,33 +39,13 @@ const MAX_HELLO: usize = 8 + 4 + 8 + 4 + 2 + 1024;
 /// Upper bound on any frame, whatever a peer announces.
 pub(crate) const MAX_FRAME: usize = 64 << 20;
 
-const CRC_TABLE: [u32; 256] = {
-    let mut table = [0u32; 256];
-    let mut i = 0;
-    while i < 256 {
-        let mut c = i as u32;
-        let mut k = 0;
-        while k < 8 {
-            c = if c & 1 != 0 {
-                0xEDB8_8320 ^ (c >> 1)
-            } else {
-                c >> 1
-            };
-            k += 1;
-        }
-        table[i] = c;
-        i += 1;
-    }
-    table
-};
-
-/// CRC-32 (IEEE 802.3, reflected, as zlib) continued from `crc` (start with 0).
+/// CRC-32 (IEEE 802.3, reflected, as zlib) continued from `crc` (start with 0). Computed
+/// by `crc32fast` (carry-less multiplication where the CPU has it, else slice-by-16): a
+/// byte-at-a-time table costs about seven instructions a byte, 28 000 for a 4 KiB frame.
 pub(crate) fn crc32(crc: u32, bytes: &[u8]) -> u32 {
-    let mut c = !crc;
-    for &b in bytes {
-        c = CRC_TABLE[((c ^ b as u32) & 0xff) as usize] ^ (c >> 8);
-    }
-    !c
+    let mut h = crc32fast::Hasher::new_with_initial(crc);
+    h.update(bytes);
+    h.finalize()
 }
 
 /// Appends one frame to `out`.
@@ -245,8 +225,11 @@ pub(crate) enum Fill {
 /// The reading half of a framed byte stream over a non-blocking descriptor.
 pub(crate) struct StreamRx<F> {
     pub(crate) io: F,
+    /// Bytes read and not consumed yet are `buf[start..end]`. The vector only grows (it is
+    /// zero-filled once, when it grows), so a read does not clear 64 KiB first.
     buf: Vec<u8>,
     start: usize,
+    end: usize,
     /// Largest payload accepted (from the peer's hello; small until then).
     pub(crate) max_frame: usize,
     eof: bool,
@@ -258,8 +241,9 @@ impl<F: Read + AsFd> StreamRx<F> {
         fd::set_nonblocking(io.as_fd(), true)?;
         Ok(StreamRx {
             io,
-            buf: Vec::with_capacity(64 * 1024),
+            buf: Vec::new(),
             start: 0,
+            end: 0,
             max_frame: MAX_HELLO,
             eof: false,
             broken: None,
@@ -276,16 +260,16 @@ impl<F: Read + AsFd> StreamRx<F> {
         if let Some(r) = &self.broken {
             return Err(LinkError::Corrupt(r.clone()));
         }
-        let avail = &self.buf[self.start..];
+        let avail = &self.buf[self.start..self.end];
         match decode(avail, self.max_frame) {
             Ok(None) => Ok(None),
             Ok(Some(frame)) => {
                 out.clear();
                 out.extend_from_slice(&avail[frame.payload.clone()]);
                 self.start += frame.total;
-                if self.start == self.buf.len() {
-                    self.buf.clear();
+                if self.start == self.end {
                     self.start = 0;
+                    self.end = 0;
                 }
                 Ok(Some(frame.kind))
             }
@@ -298,44 +282,39 @@ impl<F: Read + AsFd> StreamRx<F> {
         if self.eof {
             return Ok(Fill::Eof);
         }
-        if self.start > 0 && self.start * 2 >= self.buf.len() {
-            self.buf.drain(..self.start);
+        if self.start > 0 && self.start * 2 >= self.end {
+            self.buf.copy_within(self.start..self.end, 0);
+            self.end -= self.start;
             self.start = 0;
         }
-        let old = self.buf.len();
-        self.buf.resize(old + 64 * 1024, 0);
+        let want = self.end + 64 * 1024;
+        if self.buf.len() < want {
+            self.buf.resize(want, 0);
+        }
         loop {
-            match self.io.read(&mut self.buf[old..]) {
+            match self.io.read(&mut self.buf[self.end..want]) {
                 Ok(0) => {
-                    self.buf.truncate(old);
                     self.eof = true;
                     return Ok(Fill::Eof);
                 }
                 Ok(n) => {
-                    self.buf.truncate(old + n);
+                    self.end += n;
                     return Ok(Fill::Some);
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    self.buf.truncate(old);
-                    return Ok(Fill::Nothing);
-                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(Fill::Nothing),
                 Err(e) if e.kind() == io::ErrorKind::ConnectionReset => {
-                    self.buf.truncate(old);
                     self.eof = true;
                     return Ok(Fill::Eof);
                 }
-                Err(e) => {
-                    self.buf.truncate(old);
-                    return Err(LinkError::io("read", e));
-                }
+                Err(e) => return Err(LinkError::io("read", e)),
             }
         }
     }
 
     /// What ending the stream now means: clean, or in the middle of a frame.
     pub(crate) fn at_eof(&mut self) -> LinkError {
-        let left = self.buf.len() - self.start;
+        let left = self.end - self.start;
         if left == 0 {
             LinkError::Disconnected
         } else {

@@ -125,6 +125,17 @@ impl Link for PosixMq {
 
     fn recv_frame(&mut self, buf: &mut Vec<u8>, wait: Wait) -> Result<(), LinkError> {
         buf.resize(self.msgsize, 0);
+        // A message that is already there is delivered whatever the sender's state: one
+        // system call, no presence check (two more) in a busy stream.
+        if let MqResult::Done((n, prio)) = self
+            .q
+            .receive(buf, Duration::ZERO)
+            .map_err(|e| LinkError::io("mq_timedreceive", e))?
+        {
+            buf.truncate(n);
+            self.last_priority = prio;
+            return Ok(());
+        }
         loop {
             // Look at presence before the queue: a sender that left after we looked cannot
             // have messages we miss.

@@ -29,6 +29,7 @@ use std::io;
 use std::os::fd::AsFd;
 use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use super::{LinkOpenError, Wire};
@@ -102,6 +103,8 @@ pub(crate) struct Presence {
     role: Role,
     /// Run by the last handle to leave (removes the queue).
     pub(crate) on_last: Option<Box<dyn FnOnce() + Send>>,
+    /// The other side's "seen" byte was 1 (it is never cleared): no need to read it again.
+    peer_seen: AtomicBool,
 }
 
 fn header(wire: &Wire) -> [u8; HEADER] {
@@ -317,6 +320,7 @@ impl Presence {
                     path,
                     role,
                     on_last: None,
+                    peer_seen: AtomicBool::new(false),
                 },
                 setup,
             ));
@@ -330,13 +334,19 @@ impl Presence {
 
     /// Whether the other side attached at some point and is gone now.
     pub(crate) fn peer_gone(&self) -> bool {
-        let mut b = [0u8; 1];
-        let seen = self
-            .file
-            .read_exact_at(&mut b, seen_offset(other(self.role)))
-            .is_ok()
-            && b[0] == 1;
-        seen && !self.peer_attached()
+        if !self.peer_seen.load(Ordering::Relaxed) {
+            let mut b = [0u8; 1];
+            let seen = self
+                .file
+                .read_exact_at(&mut b, seen_offset(other(self.role)))
+                .is_ok()
+                && b[0] == 1;
+            if !seen {
+                return false;
+            }
+            self.peer_seen.store(true, Ordering::Relaxed);
+        }
+        !self.peer_attached()
     }
 
     /// Lets other handles in (after the creator has set up the queue), and records that

@@ -9,8 +9,10 @@
 //! check and presence live in the presence file `<prefix><name>.sysv` (or
 //! `shmbus.sysv-<key>.sysv` for a user key).
 //!
-//! System V queues have no timed calls: a blocked call polls with `IPC_NOWAIT`, sleeping
-//! from 20 µs up to 1 ms between tries, so waking up costs up to a millisecond.
+//! System V queues have no timed calls: a blocked call polls with `IPC_NOWAIT`, first
+//! without sleeping for the channel's spin time ([`Options::spin`](crate::Options::spin),
+//! 20 µs by default: a peer that answers within it is seen at once), then sleeping from
+//! 20 µs up to 1 ms between tries, so waking up after that costs up to a millisecond.
 //! Limits: `kernel.msgmax` bytes per message (8192), `kernel.msgmnb` bytes per queue
 //! (16384); the channel's capacity option does not apply. The last handle removes the
 //! queue (`IPC_RMID`); a queue that no handle uses (crashed processes) is kept with its
@@ -54,9 +56,13 @@ pub(crate) struct SysvMq {
     /// Type of the last received message.
     pub(crate) last_type: i64,
     presence: Presence,
+    /// How long a blocked call polls without sleeping.
+    spin: Duration,
 }
 
 impl SysvMq {
+    // The channel's options, unpacked for this transport.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn open(
         object: &str,
         key: Option<i32>,
@@ -65,6 +71,7 @@ impl SysvMq {
         create: bool,
         access: &Access,
         recv_type: i64,
+        spin: Duration,
     ) -> Result<Self, LinkOpenError> {
         let msgmax = msg::msgmax();
         if wire.max_frame > msgmax && wire.encoding == crate::Encoding::ZeroCopy as u32 {
@@ -113,6 +120,7 @@ impl SysvMq {
             recv_type,
             last_type: 0,
             presence,
+            spin,
         })
     }
 
@@ -121,20 +129,37 @@ impl SysvMq {
     }
 }
 
-/// Sleeps a growing step between polls.
-struct Backoff(Duration);
+/// Between polls: nothing during the spin phase, then a growing sleep.
+struct Backoff {
+    step: Duration,
+    /// End of the spin phase (`None`: over, or not started).
+    spin_until: Option<Instant>,
+}
 
 impl Backoff {
-    fn new() -> Self {
-        Backoff(Duration::from_micros(20))
+    fn new(spin: Duration) -> Self {
+        Backoff {
+            step: Duration::from_micros(20),
+            spin_until: (!spin.is_zero()).then(|| Instant::now() + spin),
+        }
     }
 
     fn sleep(&mut self, wait: Wait) -> Result<(), LinkError> {
-        let Some(slice) = wait.slice(self.0) else {
+        if let Some(until) = self.spin_until {
+            if wait.slice(Duration::ZERO).is_none() {
+                return Err(wait.expired());
+            }
+            if Instant::now() < until {
+                std::hint::spin_loop();
+                return Ok(());
+            }
+            self.spin_until = None;
+        }
+        let Some(slice) = wait.slice(self.step) else {
             return Err(wait.expired());
         };
         std::thread::sleep(slice);
-        self.0 = (self.0 * 2).min(Duration::from_millis(1));
+        self.step = (self.step * 2).min(Duration::from_millis(1));
         Ok(())
     }
 }
@@ -144,7 +169,7 @@ impl Link for SysvMq {
         if bytes.len() > self.msgmax {
             return Err(LinkError::TooLarge { max: self.msgmax });
         }
-        let mut backoff = Backoff::new();
+        let mut backoff = Backoff::new(self.spin);
         let mut checked = Instant::now();
         if self.presence.peer_gone() {
             return Err(LinkError::Disconnected);
@@ -168,7 +193,7 @@ impl Link for SysvMq {
     }
 
     fn recv_frame(&mut self, out: &mut Vec<u8>, wait: Wait) -> Result<(), LinkError> {
-        let mut backoff = Backoff::new();
+        let mut backoff = Backoff::new(self.spin);
         let mut checked: Option<Instant> = None;
         loop {
             let gone = checked.is_none_or(|t| t.elapsed() >= super::LIVENESS_SLICE) && {

@@ -283,15 +283,19 @@ mod imp {
     }
 
     impl Memory for WakeSeg {
+        #[inline]
         fn geometry(&self) -> &Geometry {
             self.seg.geometry()
         }
+        #[inline]
         fn control(&self) -> &Control {
             self.seg.control()
         }
+        #[inline]
         fn participant(&self, role: Role, index: u32) -> &Participant {
             self.seg.participant(role, index)
         }
+        #[inline]
         fn counters(&self, role: Role, index: u32) -> &Counters {
             self.seg.counters(role, index)
         }
