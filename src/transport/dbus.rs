@@ -740,14 +740,14 @@ fn serve_call(msg: &Message, shared: &Shared, names: &Names, wire: &Wire, serve:
 }
 
 /// Greets the owner of `names` (waiting up to `timeout` for one) and checks its type.
-/// Returns its description's largest frame.
+/// Returns its description's largest frame and its unique connection name.
 fn greet(
     pump: &Pump,
     names: &Names,
     iface: &str,
     wire: &Wire,
     timeout: Duration,
-) -> Result<usize, LinkOpenError> {
+) -> Result<(usize, String), LinkOpenError> {
     let deadline = Instant::now() + timeout;
     loop {
         let r = pump.call(
@@ -767,7 +767,12 @@ fn greet(
                 if enc != wire.encoding || fp != wire.fingerprint {
                     return Err(LinkOpenError::TypeMismatch(type_desc(&name, enc, fp)));
                 }
-                return Ok(max as usize);
+                // The bus sets the sender of every message it routes.
+                let owner = reply.header().sender().map(|s| s.to_string());
+                let owner = owner.ok_or_else(|| {
+                    LinkOpenError::Invalid("a Hello reply without a sender".to_owned())
+                })?;
+                return Ok((max as usize, owner));
             }
             Err(CallError::Gone) if Instant::now() < deadline => {
                 std::thread::sleep(Duration::from_millis(5));
@@ -867,10 +872,15 @@ impl Link for QueueReceiver {
     }
 }
 
-/// The sending end of a queue channel: method calls to the receiver's name.
+/// The sending end of a queue channel: method calls to the receiver it greeted.
 pub(crate) struct QueueSender {
     pump: Pump,
     names: Names,
+    /// The unique connection name of the receiver greeted at open. Messages go there, not
+    /// to the well-known name: a receiver that took the name after that one died never
+    /// learnt of this sender (no `Hello`), so it would never see it leave. Unique names are
+    /// never reused: once the greeted receiver is gone, every send is `Disconnected`.
+    receiver: String,
     wire: Wire,
     max_frame: usize,
 }
@@ -886,10 +896,11 @@ impl QueueSender {
         // The pump answers nothing here, but its thread drives the connection, which
         // measured faster than leaving that to zbus's helper thread.
         let pump = Pump::start(conn, names, *wire, Serve::Caller)?;
-        let theirs = greet(&pump, names, INTERFACE, wire, timeout)?;
+        let (theirs, receiver) = greet(&pump, names, INTERFACE, wire, timeout)?;
         Ok(QueueSender {
             pump,
             names: names.clone(),
+            receiver,
             wire: *wire,
             max_frame: wire.max_frame.min(theirs).min(MAX_PAYLOAD),
         })
@@ -944,13 +955,7 @@ impl Link for QueueSender {
         // a message is never both handed back and delivered.
         retry_full(wait, || {
             self.pump
-                .call_direct(
-                    &self.names.bus_name,
-                    &self.names.path,
-                    INTERFACE,
-                    "Send",
-                    &body,
-                )
+                .call_direct(&self.receiver, &self.names.path, INTERFACE, "Send", &body)
                 .map(|_| ())
         })
     }
@@ -960,12 +965,8 @@ impl Link for QueueSender {
     }
 
     fn is_connected(&mut self) -> bool {
-        call_bus::<_, bool>(
-            &self.pump.conn,
-            "NameHasOwner",
-            &(self.names.bus_name.as_str(),),
-        )
-        .unwrap_or(false)
+        call_bus::<_, bool>(&self.pump.conn, "NameHasOwner", &(self.receiver.as_str(),))
+            .unwrap_or(false)
     }
 
     fn kind(&self) -> TransportKind {
