@@ -13,7 +13,9 @@
 //!   the sender dies; when the receiver dies, to the restarted receiver, except the one
 //!   message the dead receiver held (taken, not yet reported), which counts as delivered to
 //!   it, and except on byte-stream transports (pipe, FIFO, sockets), where messages still
-//!   in the kernel buffer die with the receiver's end; nothing is delivered twice;
+//!   in the kernel buffer die with the receiver's end, and on D-Bus, where those the
+//!   receiver acknowledged but `recv` had not returned die with it; nothing is delivered
+//!   twice;
 //! * the survivor's blocking call returns `Disconnected` (the detection time, kill to
 //!   `Disconnected`, is measured and printed), and never before the kill;
 //! * a restarted process reattaches (to the survivor's channel, or to what the dead
@@ -89,7 +91,8 @@ enum Kept {
     /// A subscriber that joins starts at the live end (broadcast without history): it gets
     /// everything sent after it attached.
     FromLiveEnd,
-    /// They were in the dead end's kernel buffer and are gone (byte streams).
+    /// They were in the dead end's kernel buffer (byte streams) or in the dead D-Bus
+    /// receiver's memory, and are gone. A send that failed was not delivered either.
     Lost,
 }
 
@@ -208,9 +211,10 @@ transports! {
     shm_signal: RING, |_| Some(Transport::SharedMemory), |o: &mut Options| { o.wake(WakeStrategy::signal()); };
     shm_unix_socket_wake: RING, |_| Some(Transport::SharedMemory), |o: &mut Options| { o.wake(WakeStrategy::UnixSocket); };
     // A queue channel on a private `dbus-daemon` started by the test (`DBUS_BUS`). The
-    // receiver owns the name and answers each `Send` call once the message is in its own
-    // memory (at most `capacity` of them, taken by `recv` from there): when it dies, those
-    // acknowledged messages die with it, as in a stream's kernel buffer. A restarted sender
+    // receiver owns the name, answers each `Send` call and then keeps the message in its
+    // own memory (at most `capacity` of them) for `recv`: when it dies, those acknowledged
+    // messages (and one answered but not yet kept) die with it, as in a stream's kernel
+    // buffer; no message whose send failed is delivered. A restarted sender
     // greets the surviving receiver; a sender is bound to the receiver it greeted (its
     // unique connection name), so it ends when that one dies.
     #[cfg(feature = "dbus")]
@@ -843,7 +847,16 @@ impl Iteration<'_> {
                 }
             }
             Victim::Receiver => match self.b.after_receiver_death {
-                Kept::Lost => stats.lost_with_stream_receiver += acked.saturating_sub(h),
+                Kept::Lost => {
+                    // The sender survives: a send that failed was not delivered either
+                    // (the message is handed back in the error).
+                    if h > acked {
+                        fail(format!(
+                            "{h} messages delivered, {acked} sent: one both delivered and handed back"
+                        ));
+                    }
+                    stats.lost_with_stream_receiver += acked - h;
+                }
                 Kept::FromLiveEnd => match self.w(R2).range(0) {
                     Some((f2, h2)) if f2 >= h && h2 == acked => {}
                     other => fail(format!(

@@ -635,6 +635,18 @@ async fn handle(
                 Answer::Xml => conn.reply(&hdr, &INTROSPECT).await,
                 Answer::Error(name, text) => conn.reply_error(&hdr, name, &text).await,
                 Answer::Later => Ok(()),
+                Answer::Queue(item) => {
+                    // Acknowledged first, then made available: a receiver killed in between
+                    // loses an acknowledged message (as a dead receiver loses what it held),
+                    // but `recv` never returns one whose sender is told it failed (the bus
+                    // answers `NoReply` for a receiver that died before replying).
+                    let r = conn.reply(&hdr, &()).await;
+                    if r.is_ok() {
+                        shared.lock().items.push_back(item);
+                        shared.notify();
+                    }
+                    r
+                }
             };
             let _ = r;
         }
@@ -648,6 +660,8 @@ enum Answer {
     Error(&'static str, String),
     /// A service request: the server answers when it responds.
     Later,
+    /// A queued message: answered, then queued (`handle`).
+    Queue(Item),
 }
 
 fn serve_call(msg: &Message, shared: &Shared, names: &Names, wire: &Wire, serve: &Serve) -> Answer {
@@ -718,19 +732,23 @@ fn serve_call(msg: &Message, shared: &Shared, names: &Names, wire: &Wire, serve:
                 );
             }
             let mut st = shared.lock();
+            // Only this pump adds items, one call at a time: the room seen here is still
+            // there when `handle` queues the message after replying.
             if st.items.len() >= capacity {
                 return Answer::Error(ERR_FULL, format!("{capacity} messages are waiting"));
             }
+            if !is_call {
+                return Answer::Queue(Item {
+                    payload: payload.to_vec(),
+                    call: None,
+                });
+            }
             st.items.push_back(Item {
                 payload: payload.to_vec(),
-                call: is_call.then(|| msg.clone()),
+                call: Some(msg.clone()),
             });
             shared.notify();
-            if is_call {
-                Answer::Later
-            } else {
-                Answer::Empty
-            }
+            Answer::Later
         }
         _ => Answer::Error(
             "org.freedesktop.DBus.Error.UnknownMethod",
