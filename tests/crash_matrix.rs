@@ -13,7 +13,9 @@
 //!   the sender dies; when the receiver dies, to the restarted receiver, except the one
 //!   message the dead receiver held (taken, not yet reported), which counts as delivered to
 //!   it, and except on byte-stream transports (pipe, FIFO, sockets), where messages still
-//!   in the kernel buffer die with the receiver's end; nothing is delivered twice;
+//!   in the kernel buffer die with the receiver's end, and on D-Bus, where those the
+//!   receiver acknowledged but `recv` had not returned die with it; nothing is delivered
+//!   twice;
 //! * the survivor's blocking call returns `Disconnected` (the detection time, kill to
 //!   `Disconnected`, is measured and printed), and never before the kill;
 //! * a restarted process reattaches (to the survivor's channel, or to what the dead
@@ -26,6 +28,9 @@
 //! README's "Crash matrix" section.
 
 mod common;
+#[cfg(feature = "dbus")]
+#[path = "common/private_bus.rs"]
+mod private_bus;
 
 use std::cell::{Cell, RefCell};
 use std::path::PathBuf;
@@ -49,9 +54,13 @@ use shmbus::{
 /// What a transport promises when one side dies (see the README's "Crash matrix").
 #[derive(Debug, Clone, Copy)]
 struct Behaviour {
-    /// The survivor keeps its handle and a restarted peer attaches to it. Otherwise the
-    /// survivor ends on `Disconnected` and the next iteration opens the channel afresh.
-    restart_in_place: bool,
+    /// When the sender dies, the receiver keeps its handle and a restarted sender attaches
+    /// to it. Otherwise the receiver ends on `Disconnected` and the next iteration opens
+    /// the channel afresh.
+    restart_sender: bool,
+    /// When the receiver dies, the sender keeps its handle (retrying on `Disconnected`) and
+    /// a restarted receiver attaches to it. Otherwise as above.
+    restart_receiver: bool,
     /// What becomes of sent messages that the receiver had not taken when it died.
     after_receiver_death: Kept,
     /// The sender learns that the receiver died (a log needs no receiver, a broadcast
@@ -60,6 +69,17 @@ struct Behaviour {
     /// `Overflow::DropOldest`: a slow subscriber misses messages (`Lagged`), so only the
     /// order, the integrity and the delivery of the newest message are promised.
     lossy: bool,
+}
+
+impl Behaviour {
+    /// Whether `victim`, killed, is restarted in place.
+    fn restarts(&self, victim: Victim) -> bool {
+        match victim {
+            Victim::None => false,
+            Victim::Sender => self.restart_sender,
+            Victim::Receiver => self.restart_receiver,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -71,26 +91,30 @@ enum Kept {
     /// A subscriber that joins starts at the live end (broadcast without history): it gets
     /// everything sent after it attached.
     FromLiveEnd,
-    /// They were in the dead end's kernel buffer and are gone (byte streams).
+    /// They were in the dead end's kernel buffer (byte streams) or in the dead D-Bus
+    /// receiver's memory, and are gone. A send that failed was not delivered either.
     Lost,
 }
 
 const RING: Behaviour = Behaviour {
-    restart_in_place: true,
+    restart_sender: true,
+    restart_receiver: true,
     after_receiver_death: Kept::ForNextReceiver,
     sender_sees_receiver_death: true,
     lossy: false,
 };
 const QUEUE: Behaviour = RING;
 const STREAM: Behaviour = Behaviour {
-    restart_in_place: false,
+    restart_sender: false,
+    restart_receiver: false,
     after_receiver_death: Kept::Lost,
     sender_sees_receiver_death: true,
     lossy: false,
 };
 /// A publisher needs no subscriber: it goes on sending when the last one dies.
 const BROADCAST: Behaviour = Behaviour {
-    restart_in_place: true,
+    restart_sender: true,
+    restart_receiver: true,
     after_receiver_death: Kept::FromLiveEnd,
     sender_sees_receiver_death: false,
     lossy: false,
@@ -100,11 +124,24 @@ const DROP_OLDEST: Behaviour = Behaviour {
     ..BROADCAST
 };
 const LOG: Behaviour = Behaviour {
-    restart_in_place: true,
+    restart_sender: true,
+    restart_receiver: true,
     after_receiver_death: Kept::InLog,
     sender_sees_receiver_death: false,
     lossy: false,
 };
+
+/// A D-Bus queue receiver outlives its sender and a restarted sender greets it; a sender
+/// is bound to the receiver it greeted, so it ends with it (see the row).
+#[cfg(feature = "dbus")]
+const DBUS: Behaviour = Behaviour {
+    restart_sender: true,
+    ..STREAM
+};
+
+/// The server's parameter holding the address of the D-Bus row's private bus.
+#[cfg(feature = "dbus")]
+const DBUS_BUS: &str = "dbus_bus";
 
 /// Where one test's channel lives.
 struct Place {
@@ -124,13 +161,14 @@ impl Place {
 
 /// One row per transport: its name (which is also its test's name), its behaviour and how
 /// to open it. A new transport (D-Bus, say) is one more row; its test is generated from it.
+/// A row may carry attributes (`#[cfg(feature = "dbus")]`), applied to all it generates.
 macro_rules! transports {
-    ($($name:ident: $behaviour:expr, $transport:expr $(, $tweak:expr)?;)*) => {
-        const ROWS: &[(&str, Behaviour)] = &[$((stringify!($name), $behaviour)),*];
+    ($($(#[$attr:meta])* $name:ident: $behaviour:expr, $transport:expr $(, $tweak:expr)?;)*) => {
+        const ROWS: &[(&str, Behaviour)] = &[$($(#[$attr])* (stringify!($name), $behaviour)),*];
 
         fn transport_of(name: &str, at: &Place) -> Option<Transport> {
             let make: &dyn Fn(&Place) -> Option<Transport> = match name {
-                $(stringify!($name) => &$transport,)*
+                $($(#[$attr])* stringify!($name) => &$transport,)*
                 other => panic!("no transport {other}"),
             };
             make(at)
@@ -139,12 +177,13 @@ macro_rules! transports {
         /// The row's own options (delivery mode, wake strategy), if any.
         fn tweak(name: &str, o: &mut Options) {
             match name {
-                $(stringify!($name) => { $( ($tweak)(o); )? })*
+                $($(#[$attr])* stringify!($name) => { $( ($tweak)(o); )? })*
                 other => panic!("no transport {other}"),
             }
         }
 
         $(
+            $(#[$attr])*
             #[test]
             fn $name() {
                 crash_matrix(stringify!($name));
@@ -171,6 +210,15 @@ transports! {
     sysv_shm_posix_sem: RING, |_| Some(Transport::SysvSharedMemory { key: None }), |o: &mut Options| { o.wake(WakeStrategy::PosixSemaphore); };
     shm_signal: RING, |_| Some(Transport::SharedMemory), |o: &mut Options| { o.wake(WakeStrategy::signal()); };
     shm_unix_socket_wake: RING, |_| Some(Transport::SharedMemory), |o: &mut Options| { o.wake(WakeStrategy::UnixSocket); };
+    // A queue channel on a private `dbus-daemon` started by the test (`DBUS_BUS`). The
+    // receiver owns the name, answers each `Send` call and then keeps the message in its
+    // own memory (at most `capacity` of them) for `recv`: when it dies, those acknowledged
+    // messages (and one answered but not yet kept) die with it, as in a stream's kernel
+    // buffer; no message whose send failed is delivered. A restarted sender
+    // greets the surviving receiver; a sender is bound to the receiver it greeted (its
+    // unique connection name), so it ends when that one dies.
+    #[cfg(feature = "dbus")]
+    dbus: DBUS, |_| Some(Transport::DBus { bus: shmbus::DBusBus::Address(common::param(DBUS_BUS)) });
 }
 
 fn behaviour(name: &str) -> Behaviour {
@@ -346,7 +394,7 @@ fn sender_worker(
                         w.detect_ns.store(now_ns(), Release);
                     }
                     had_ok = false;
-                    if !b.restart_in_place || board.stop_tx.load(Acquire) != 0 {
+                    if !b.restart_receiver || board.stop_tx.load(Acquire) != 0 {
                         return 0;
                     }
                     std::thread::sleep(Duration::from_micros(100));
@@ -419,7 +467,7 @@ fn receiver_worker(
                     w.detect_ns.store(now_ns(), Release);
                 }
                 had_ok = false;
-                if stopping || !b.restart_in_place {
+                if stopping || !b.restart_sender {
                     return 0;
                 }
                 std::thread::sleep(Duration::from_micros(100));
@@ -604,7 +652,7 @@ impl Iteration<'_> {
         drop(pipe);
         // Sometimes the kill comes early, at any point of opening (creating, initialising,
         // attaching, greeting): where the transport lets the survivor keep its handle.
-        if self.b.restart_in_place && victim != Victim::None && rng.chance(25) {
+        if self.b.restarts(victim) && rng.chance(25) {
             std::thread::sleep(Duration::from_micros(rng.below(1500)));
             stats.early_kills += 1;
             return self.early_kill(victim, s, r, rng, stats);
@@ -620,7 +668,7 @@ impl Iteration<'_> {
                 let killed_at = kill_worker(s);
                 self.killed_at.set(killed_at);
                 // (A survivor that cannot continue ends by itself once it saw the death.)
-                let watch = if self.b.restart_in_place {
+                let watch = if self.b.restart_sender {
                     vec![r]
                 } else {
                     vec![]
@@ -631,7 +679,7 @@ impl Iteration<'_> {
                 stats
                     .detect_sender_death_us
                     .push(self.detection_us(R, killed_at));
-                if !self.b.restart_in_place {
+                if !self.b.restart_sender {
                     self.expect_success(r, "the surviving receiver");
                     self.check(victim, false, stats);
                     return;
@@ -648,7 +696,7 @@ impl Iteration<'_> {
                 let killed_at = kill_worker(r);
                 self.killed_at.set(killed_at);
                 if self.b.sender_sees_receiver_death {
-                    let watch = if self.b.restart_in_place {
+                    let watch = if self.b.restart_receiver {
                         vec![s]
                     } else {
                         vec![]
@@ -660,7 +708,7 @@ impl Iteration<'_> {
                         .detect_receiver_death_us
                         .push(self.detection_us(S, killed_at));
                 }
-                if !self.b.restart_in_place {
+                if !self.b.restart_receiver {
                     self.expect_success(s, "the surviving sender");
                     self.check(victim, false, stats);
                     return;
@@ -787,7 +835,7 @@ impl Iteration<'_> {
                     fail(format!("{h} delivered of {acked} acknowledged: lost"));
                 }
                 stats.sent_not_acked_delivered += h.saturating_sub(acked);
-                if self.b.restart_in_place {
+                if self.b.restart_sender {
                     let a2 = self.w(S2).acked.load(Acquire);
                     let ok = match self.w(R).range(1) {
                         Some((f, h2)) => h2 == a2 && (f == 0 || self.b.lossy),
@@ -799,7 +847,16 @@ impl Iteration<'_> {
                 }
             }
             Victim::Receiver => match self.b.after_receiver_death {
-                Kept::Lost => stats.lost_with_stream_receiver += acked.saturating_sub(h),
+                Kept::Lost => {
+                    // The sender survives: a send that failed was not delivered either
+                    // (the message is handed back in the error).
+                    if h > acked {
+                        fail(format!(
+                            "{h} messages delivered, {acked} sent: one both delivered and handed back"
+                        ));
+                    }
+                    stats.lost_with_stream_receiver += acked - h;
+                }
                 Kept::FromLiveEnd => match self.w(R2).range(0) {
                     Some((f2, h2)) if f2 >= h && h2 == acked => {}
                     other => fail(format!(
@@ -1042,12 +1099,72 @@ impl Drop for Clean {
 fn crash_matrix(kind: &str) {
     let h = Harness::new(&format!("crash-{kind}"));
     let _clean = Clean(h.name().to_owned());
-    let mut server = h.spawn("server", &[("kind", &kind), ("seconds", &seconds())]);
+    let seconds = seconds();
+    #[allow(unused_mut)]
+    let mut params: Vec<(&str, &dyn std::fmt::Display)> =
+        vec![("kind", &kind), ("seconds", &seconds)];
+    // The D-Bus row's own bus, stopped (and its directory removed) when the test ends.
+    #[cfg(feature = "dbus")]
+    let bus = (kind == "dbus").then(private_bus::PrivateBus::start);
+    #[cfg(feature = "dbus")]
+    if let Some(bus) = &bus {
+        params.push((DBUS_BUS, &bus.address));
+    }
+    let mut server = h.spawn("server", &params);
     let summary = server.expect("summary");
     server.wait_success();
     eprintln!("{summary}");
-    let left = leftovers(h.name());
+    #[allow(unused_mut)]
+    let mut left = leftovers(h.name());
+    #[cfg(feature = "dbus")]
+    if let Some(bus) = &bus {
+        left.extend(bus_leftovers(&bus.address));
+    }
     assert!(left.is_empty(), "{kind}: left behind: {left:?}");
+}
+
+/// What the D-Bus row's processes left on its private bus: a channel name still owned
+/// (`org.shmbus.*`), or a connection other than the one asking (`dbus-send`'s own). The
+/// bus drops a dead process's connection when it notices the closed socket: this gives it
+/// [`common::SEGMENT_GRACE`] to.
+#[cfg(feature = "dbus")]
+fn bus_leftovers(address: &str) -> Vec<String> {
+    let start = Instant::now();
+    loop {
+        let out = std::process::Command::new("dbus-send")
+            .arg(format!("--bus={address}"))
+            .args([
+                "--print-reply",
+                "--dest=org.freedesktop.DBus",
+                "/org/freedesktop/DBus",
+                "org.freedesktop.DBus.ListNames",
+            ])
+            .output()
+            .expect("running dbus-send (package dbus-bin)");
+        assert!(out.status.success(), "dbus-send ListNames: {out:?}");
+        let text = String::from_utf8_lossy(&out.stdout);
+        let names: Vec<&str> = text
+            .lines()
+            .filter_map(|l| l.trim().strip_prefix("string \"")?.strip_suffix('"'))
+            .collect();
+        assert!(
+            names.contains(&"org.freedesktop.DBus"),
+            "ListNames answered {text}"
+        );
+        let mut left: Vec<String> = names
+            .iter()
+            .filter(|n| n.starts_with("org.shmbus."))
+            .map(|n| format!("D-Bus name {n}"))
+            .collect();
+        let connections = names.iter().filter(|n| n.starts_with(':')).count();
+        if connections > 1 {
+            left.push(format!("{} D-Bus connections", connections - 1));
+        }
+        if left.is_empty() || start.elapsed() > common::SEGMENT_GRACE {
+            return left;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
 }
 
 /// Found by the matrix: a sender restarted right after a crash was refused
@@ -1117,4 +1234,9 @@ fn every_transport_has_a_row() {
     ] {
         assert!(names.contains(&t), "{t} is missing from the crash matrix");
     }
+    #[cfg(feature = "dbus")]
+    assert!(
+        names.contains(&"dbus"),
+        "dbus is missing from the crash matrix"
+    );
 }

@@ -86,6 +86,12 @@ fn dbus_child() {
             println!("sent");
             std::thread::sleep(Duration::from_secs(120));
         }
+        // Takes the queue channel `relay`'s name, says so, then waits to be killed.
+        "receiver" => {
+            let _rx = Receiver::<Tick>::create("relay", &o).unwrap();
+            println!("ready");
+            std::thread::sleep(Duration::from_secs(120));
+        }
         other => panic!("unknown role {other}"),
     }
 }
@@ -508,4 +514,37 @@ fn killed_publisher_disconnects_subscribers() {
         rx.recv_timeout(Duration::from_secs(30)),
         Err(RecvTimeoutError::Disconnected)
     ));
+}
+
+/// Found while adding the crash matrix's D-Bus row: a sender whose receiver was SIGKILLed sent its
+/// next messages to whichever receiver took the channel's name next, which had never been
+/// greeted by it, so that receiver would never see that sender leave (a `recv` waiting
+/// forever). The sender now addresses the receiver it greeted (its unique connection name):
+/// once that one is gone, every send is `Disconnected`, as on the byte-stream transports.
+#[test]
+fn sender_stays_disconnected_from_a_killed_receiver() {
+    let bus = PrivateBus::start();
+    let o = options(&bus);
+    let (mut first, _stdin) = child(&bus, "receiver");
+    wait_line(&first, "ready");
+    let tx = Sender::<Tick>::open("relay", &o).unwrap();
+    tx.send(Tick { seq: 0, value: 0 }).unwrap();
+    first.child.kill().unwrap(); // SIGKILL
+    first.child.wait().unwrap();
+    // A new receiver takes the name once the bus has dropped the dead one's connection.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let rx = loop {
+        match Receiver::<Tick>::create("relay", &o) {
+            Ok(rx) => break rx,
+            Err(_) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(5)),
+            Err(e) => panic!("the name was never released: {e}"),
+        }
+    };
+    for seq in 1..3 {
+        match tx.send(Tick { seq, value: seq }) {
+            Err(shmbus::SendError::Disconnected(_)) => {}
+            other => panic!("send {seq} to a dead receiver's successor: {other:?}"),
+        }
+    }
+    assert!(matches!(rx.try_recv(), Err(shmbus::TryRecvError::Empty)));
 }

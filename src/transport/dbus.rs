@@ -635,6 +635,18 @@ async fn handle(
                 Answer::Xml => conn.reply(&hdr, &INTROSPECT).await,
                 Answer::Error(name, text) => conn.reply_error(&hdr, name, &text).await,
                 Answer::Later => Ok(()),
+                Answer::Queue(item) => {
+                    // Acknowledged first, then made available: a receiver killed in between
+                    // loses an acknowledged message (as a dead receiver loses what it held),
+                    // but `recv` never returns one whose sender is told it failed (the bus
+                    // answers `NoReply` for a receiver that died before replying).
+                    let r = conn.reply(&hdr, &()).await;
+                    if r.is_ok() {
+                        shared.lock().items.push_back(item);
+                        shared.notify();
+                    }
+                    r
+                }
             };
             let _ = r;
         }
@@ -648,6 +660,8 @@ enum Answer {
     Error(&'static str, String),
     /// A service request: the server answers when it responds.
     Later,
+    /// A queued message: answered, then queued (`handle`).
+    Queue(Item),
 }
 
 fn serve_call(msg: &Message, shared: &Shared, names: &Names, wire: &Wire, serve: &Serve) -> Answer {
@@ -718,19 +732,23 @@ fn serve_call(msg: &Message, shared: &Shared, names: &Names, wire: &Wire, serve:
                 );
             }
             let mut st = shared.lock();
+            // Only this pump adds items, one call at a time: the room seen here is still
+            // there when `handle` queues the message after replying.
             if st.items.len() >= capacity {
                 return Answer::Error(ERR_FULL, format!("{capacity} messages are waiting"));
             }
+            if !is_call {
+                return Answer::Queue(Item {
+                    payload: payload.to_vec(),
+                    call: None,
+                });
+            }
             st.items.push_back(Item {
                 payload: payload.to_vec(),
-                call: is_call.then(|| msg.clone()),
+                call: Some(msg.clone()),
             });
             shared.notify();
-            if is_call {
-                Answer::Later
-            } else {
-                Answer::Empty
-            }
+            Answer::Later
         }
         _ => Answer::Error(
             "org.freedesktop.DBus.Error.UnknownMethod",
@@ -740,14 +758,14 @@ fn serve_call(msg: &Message, shared: &Shared, names: &Names, wire: &Wire, serve:
 }
 
 /// Greets the owner of `names` (waiting up to `timeout` for one) and checks its type.
-/// Returns its description's largest frame.
+/// Returns its description's largest frame and its unique connection name.
 fn greet(
     pump: &Pump,
     names: &Names,
     iface: &str,
     wire: &Wire,
     timeout: Duration,
-) -> Result<usize, LinkOpenError> {
+) -> Result<(usize, String), LinkOpenError> {
     let deadline = Instant::now() + timeout;
     loop {
         let r = pump.call(
@@ -767,7 +785,12 @@ fn greet(
                 if enc != wire.encoding || fp != wire.fingerprint {
                     return Err(LinkOpenError::TypeMismatch(type_desc(&name, enc, fp)));
                 }
-                return Ok(max as usize);
+                // The bus sets the sender of every message it routes.
+                let owner = reply.header().sender().map(|s| s.to_string());
+                let owner = owner.ok_or_else(|| {
+                    LinkOpenError::Invalid("a Hello reply without a sender".to_owned())
+                })?;
+                return Ok((max as usize, owner));
             }
             Err(CallError::Gone) if Instant::now() < deadline => {
                 std::thread::sleep(Duration::from_millis(5));
@@ -867,10 +890,15 @@ impl Link for QueueReceiver {
     }
 }
 
-/// The sending end of a queue channel: method calls to the receiver's name.
+/// The sending end of a queue channel: method calls to the receiver it greeted.
 pub(crate) struct QueueSender {
     pump: Pump,
     names: Names,
+    /// The unique connection name of the receiver greeted at open. Messages go there, not
+    /// to the well-known name: a receiver that took the name after that one died never
+    /// learnt of this sender (no `Hello`), so it would never see it leave. Unique names are
+    /// never reused: once the greeted receiver is gone, every send is `Disconnected`.
+    receiver: String,
     wire: Wire,
     max_frame: usize,
 }
@@ -886,10 +914,11 @@ impl QueueSender {
         // The pump answers nothing here, but its thread drives the connection, which
         // measured faster than leaving that to zbus's helper thread.
         let pump = Pump::start(conn, names, *wire, Serve::Caller)?;
-        let theirs = greet(&pump, names, INTERFACE, wire, timeout)?;
+        let (theirs, receiver) = greet(&pump, names, INTERFACE, wire, timeout)?;
         Ok(QueueSender {
             pump,
             names: names.clone(),
+            receiver,
             wire: *wire,
             max_frame: wire.max_frame.min(theirs).min(MAX_PAYLOAD),
         })
@@ -944,13 +973,7 @@ impl Link for QueueSender {
         // a message is never both handed back and delivered.
         retry_full(wait, || {
             self.pump
-                .call_direct(
-                    &self.names.bus_name,
-                    &self.names.path,
-                    INTERFACE,
-                    "Send",
-                    &body,
-                )
+                .call_direct(&self.receiver, &self.names.path, INTERFACE, "Send", &body)
                 .map(|_| ())
         })
     }
@@ -960,12 +983,8 @@ impl Link for QueueSender {
     }
 
     fn is_connected(&mut self) -> bool {
-        call_bus::<_, bool>(
-            &self.pump.conn,
-            "NameHasOwner",
-            &(self.names.bus_name.as_str(),),
-        )
-        .unwrap_or(false)
+        call_bus::<_, bool>(&self.pump.conn, "NameHasOwner", &(self.receiver.as_str(),))
+            .unwrap_or(false)
     }
 
     fn kind(&self) -> TransportKind {
