@@ -176,7 +176,10 @@ impl<T: Message> Receiver<T> {
         }
     }
 
-    /// Receives from a fallback transport into an owned sample.
+    /// Receives from a fallback transport into an owned sample. Never inlined: the decoded
+    /// value passes through this frame, so inlined it would give every caller a stack frame
+    /// the size of `T` (probed page by page on every receive, a megabyte message or not).
+    #[inline(never)]
     fn recv_link(l: &LinkEnd, wait: Wait) -> Result<Sample<'_, T>, LinkFail> {
         l.recv::<T>(wait).map(|v| Sample {
             inner: Inner::Owned(Box::new(v)),
@@ -221,13 +224,21 @@ impl<T: Message> Receiver<T> {
                 // SAFETY: `len <= max_message` (checked by the ring), so the bytes lie inside
                 // the slot's payload, which we own until we release it below.
                 let bytes = unsafe { std::slice::from_raw_parts(payload, len as usize) };
-                let value = T::__decode(bytes);
+                let value = Self::decode_boxed(bytes);
                 consumer.release(mem, pos);
                 Ok(Sample {
-                    inner: Inner::Owned(Box::new(value?)),
+                    inner: Inner::Owned(value?),
                 })
             }
         }
+    }
+
+    /// Decodes a serialized message into a box. Out of line, like
+    /// [`recv_link`](Self::recv_link): the value passes through this frame on its way to the
+    /// heap, and would otherwise enlarge the frame of every receive by the size of `T`.
+    #[inline(never)]
+    fn decode_boxed(bytes: &[u8]) -> Result<Box<T>, DecodeError> {
+        T::__decode(bytes).map(Box::new)
     }
 
     /// Receives a message, waiting until one arrives.

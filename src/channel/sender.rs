@@ -481,9 +481,16 @@ impl<T: ZeroCopy> Loan<'_, T> {
     /// failure (the receiver is gone, a system call failed) is not reported: the message is
     /// lost and the next call on the sender reports the state. Use
     /// [`send_checked`](Self::send_checked) to get the error and the message back.
+    ///
+    /// The message never passes through the stack on shared memory, whatever its size (a
+    /// multi-megabyte loan works on a thread with a small stack); `send_checked` returns a
+    /// `Result` that can hold the message, so its caller needs stack room for one.
     #[inline]
-    pub fn send(self) {
-        let _ = self.send_checked();
+    pub fn send(mut self) {
+        if self.local {
+            return self.send_local_unchecked();
+        }
+        self.commit_in_place();
     }
 
     /// Commits the message like [`send`](Self::send), reporting failure. On shared memory it
@@ -511,16 +518,39 @@ impl<T: ZeroCopy> Loan<'_, T> {
     /// ```
     #[inline]
     pub fn send_checked(mut self) -> Result<(), SendError<T>> {
-        self.sent = true;
         if self.local {
-            // SAFETY: a local loan's `ptr` came from `Box::leak` in `local_loan` and is
-            // reclaimed exactly once: here (`sent` is set, so `drop` does not) or in `drop`.
-            let value = unsafe { Box::from_raw(self.ptr.as_ptr()) };
-            return self.tx.send(*value);
+            return self.send_local();
         }
+        self.commit_in_place();
+        Ok(())
+    }
+
+    /// Publishes a loan in the ring.
+    #[inline]
+    fn commit_in_place(&mut self) {
+        self.sent = true;
         let (end, producer) = self.tx.ring();
         producer.commit(&end.seg, self.pos, size_of::<T>() as u32, false);
-        Ok(())
+    }
+
+    /// Sends a local loan (transports other than shared memory). Out of line, as is
+    /// [`send_local_unchecked`](Self::send_local_unchecked): the value and the error that
+    /// may hand it back pass through these frames, which would otherwise make the in-place
+    /// path's frames the size of `T` (probed page by page on every send).
+    #[cold]
+    #[inline(never)]
+    fn send_local(mut self) -> Result<(), SendError<T>> {
+        self.sent = true;
+        // SAFETY: a local loan's `ptr` came from `Box::leak` in `local_loan` and is
+        // reclaimed exactly once: here (`sent` is set, so `drop` does not) or in `drop`.
+        let value = unsafe { Box::from_raw(self.ptr.as_ptr()) };
+        self.tx.send(*value)
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn send_local_unchecked(self) {
+        let _ = self.send_local();
     }
 }
 
