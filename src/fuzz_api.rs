@@ -107,3 +107,94 @@ pub fn ring(data: &[u8]) {
         }
     }
 }
+
+/// A record of the file-log target: its content is a function of its sequence number.
+#[derive(crate::Message, Clone, Copy, Debug, PartialEq)]
+#[repr(C)]
+pub(crate) struct LogRecord {
+    seq: u64,
+    check: u64,
+}
+
+impl LogRecord {
+    fn new(seq: u64) -> LogRecord {
+        LogRecord {
+            seq,
+            check: seq.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ 0x5EED,
+        }
+    }
+}
+
+/// Records written before the damage in [`file_log`].
+const LOG_RECORDS: u64 = 24;
+
+/// File-log recovery: a log of [`LOG_RECORDS`] records in small segments is damaged by the
+/// input (every 6 bytes: a file of the log, an offset in it and a byte to write there, or a
+/// truncation), then read from the beginning and reopened by a writer. The reader delivers
+/// only intact records in increasing order, whatever the damage; the writer recovers or
+/// reports an error; nothing panics.
+pub fn file_log(data: &[u8]) {
+    use crate::{Options, Receiver, Sender, Start, Transport, TryRecvError};
+    use std::sync::atomic::{AtomicU64, Ordering as AtomicOrdering};
+
+    static RUN: AtomicU64 = AtomicU64::new(0);
+    let dir = std::env::temp_dir().join(format!(
+        "shmbus-fuzz-log-{}-{}",
+        std::process::id(),
+        RUN.fetch_add(1, AtomicOrdering::Relaxed)
+    ));
+    struct Remove(std::path::PathBuf);
+    impl Drop for Remove {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+    let _guard = Remove(dir.clone());
+    let mut o = Options::new();
+    o.transport(Transport::File { dir: dir.clone() })
+        .segment_size(4096)
+        .start(Start::Beginning);
+    {
+        let tx = Sender::<LogRecord>::create("log", &o).expect("a fresh log");
+        for seq in 0..LOG_RECORDS {
+            tx.send(LogRecord::new(seq)).expect("append");
+        }
+    }
+    let mut files: Vec<std::path::PathBuf> = std::fs::read_dir(&dir)
+        .expect("the log directory")
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.is_file())
+        .collect();
+    files.sort();
+    for op in data.chunks_exact(6) {
+        let file = &files[op[0] as usize % files.len()];
+        let Ok(f) = std::fs::OpenOptions::new().write(true).open(file) else {
+            continue;
+        };
+        let len = f.metadata().map_or(0, |m| m.len());
+        let at = u32::from_le_bytes(op[1..5].try_into().expect("4 bytes")) as u64;
+        if op[0] & 0x80 != 0 {
+            let _ = f.set_len(at % (len + 1));
+        } else if len > 0 {
+            use std::os::unix::fs::FileExt;
+            let _ = f.write_all_at(&[op[5]], at % len);
+        }
+    }
+    if let Ok(rx) = Receiver::<LogRecord>::open("log", &o) {
+        let mut last: Option<u64> = None;
+        for _ in 0..LOG_RECORDS * 2 {
+            match rx.try_recv() {
+                Ok(r) => {
+                    assert_eq!(*r, LogRecord::new(r.seq), "a damaged record was delivered");
+                    assert!(last.is_none_or(|l| r.seq > l), "records out of order");
+                    last = Some(r.seq);
+                }
+                Err(TryRecvError::Empty | TryRecvError::Disconnected) => break,
+                Err(_) => break, // a typed error (corruption, decoding) ends the read
+            }
+        }
+    }
+    if let Ok(tx) = Sender::<LogRecord>::open("log", &o) {
+        let _ = tx.send(LogRecord::new(LOG_RECORDS));
+    }
+}

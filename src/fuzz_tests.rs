@@ -1,6 +1,6 @@
 //! Property tests that feed every decoder of untrusted bytes with arbitrary input: the
-//! segment header validation, stream framing, postcard payloads, and the ring's reading of
-//! sequence words. None may panic, read out of bounds or loop; bad input must come back as
+//! segment header validation, stream framing, postcard payloads, the ring's reading of
+//! sequence words, and the recovery of a damaged file log. None may panic, read out of bounds or loop; bad input must come back as
 //! an error. (`fuzz/` runs the same decoders under cargo-fuzz where a nightly toolchain
 //! exists.)
 
@@ -131,5 +131,20 @@ proptest! {
         let mut data = vec![mode];
         data.extend(ops);
         fuzz_api::ring(&data);
+    }
+}
+
+proptest! {
+    // Each case writes and reads a small log on disk.
+    #![proptest_config(ProptestConfig::with_cases(64))]
+
+    /// A file log damaged anywhere (bytes of its control file and segments overwritten,
+    /// files truncated): a reader delivers only intact records in order, a writer recovers
+    /// or fails with an error (the interpreter of `fuzz_api::file_log`).
+    #[test]
+    fn file_log_recovery_never_delivers_damage(
+        ops in proptest::collection::vec(any::<u8>(), 0..120),
+    ) {
+        fuzz_api::file_log(&ops);
     }
 }
