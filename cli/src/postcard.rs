@@ -507,11 +507,12 @@ impl<'a> Encoder<'a> {
         if fields.is_empty() && (v.is_null() || v.as_object().is_some_and(|o| o.is_empty())) {
             return Ok(()); // a unit struct
         }
+        // serde_json's forms: a newtype struct is its inner value, a tuple struct an array
+        // (or an object with fields `0`, `1`, ...).
+        if let ([f], true) = (fields, is_tuple(fields)) {
+            return self.field(f, v, &format!("{path}.0"), depth + 1);
+        }
         if is_tuple(fields) && !v.is_object() {
-            // serde_json's form: a newtype struct is its inner value, a tuple struct an array.
-            if let [f] = fields {
-                return self.field(f, v, &format!("{path}.0"), depth + 1);
-            }
             let items = v.as_array().ok_or_else(|| {
                 expected(path, &format!("an array of {} values", fields.len()), v)
             })?;
@@ -754,13 +755,10 @@ impl<'a> Encoder<'a> {
                         let kpath = format!("{path}[{key:?}]");
                         let key_value = match **k {
                             Ty::Str | Ty::Char => Value::String(key.clone()),
-                            // `{"7": ...}` for integer keys, as serde_json reads them.
-                            _ => serde_json::from_str(key).map_err(|_| {
-                                format!(
-                                    "{kpath}: the key is not a JSON value of the key type; \
-                                     give the map as [[key, value], ...]"
-                                )
-                            })?,
+                            // `{"7": ...}` for integer keys, as serde_json reads them;
+                            // `{"Buy": ...}` for enum keys.
+                            _ => serde_json::from_str(key)
+                                .unwrap_or_else(|_| Value::String(key.clone())),
                         };
                         self.value(k, &key_value, &kpath, depth + 1)?;
                         self.value(val, item, &kpath, depth + 1)?;
@@ -936,6 +934,15 @@ mod tests {
     #[derive(Message, Serialize, Deserialize, Debug, PartialEq)]
     struct Wrapped(Vec<i64>);
 
+    #[derive(Message, Serialize, Deserialize, Debug, PartialEq)]
+    struct LegById(BTreeMap<String, Leg>, Unit);
+
+    #[derive(Message, Serialize, Deserialize, Debug, PartialEq)]
+    struct Unit;
+
+    #[derive(Message, Serialize, Deserialize, Debug, PartialEq)]
+    struct Boxed(Box<Leg>);
+
     fn schema_of<T: Message>() -> SchemaDesc {
         let schema = T::INFO.schema.expect("recorded").encode().expect("fits");
         SchemaDesc::decode(&schema).unwrap()
@@ -1044,6 +1051,14 @@ mod tests {
         round_trip(json!([-5, "p"]), &Pair(-5, "p".into()));
         round_trip(json!([1, -1, i64::MIN]), &Wrapped(vec![1, -1, i64::MIN]));
         round_trip(
+            json!({"venue": "B", "qty": [1, 300], "ratio": 2}),
+            &Boxed(Box::new(leg("B", 2.0))),
+        );
+        round_trip(
+            json!([{"b": {"venue": "B", "qty": [1, 300], "ratio": 2}}, null]),
+            &LegById([("b".to_string(), leg("B", 2.0))].into(), Unit),
+        );
+        round_trip(
             json!({"venue": "", "qty": [1, 300], "ratio": -0.0}),
             &leg("", -0.0),
         );
@@ -1137,7 +1152,7 @@ mod tests {
             (
                 "sides",
                 json!({"x": null}),
-                r#"Order.sides["x"]: the key is not"#,
+                r#"Order.sides["x"]: expected a u32"#,
             ),
             (
                 "sides",
