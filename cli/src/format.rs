@@ -101,15 +101,19 @@ fn printable(b: &[u8]) -> Option<&str> {
     std::str::from_utf8(&b[..end]).ok()
 }
 
-/// Encodes a JSON object as the zero-copy message the schema describes. Missing fields are
-/// zero; unknown fields are an error.
+/// Encodes JSON as the message the schema describes: a zero-copy message from an object
+/// (missing fields are zero; unknown fields are an error), a serialized one with postcard
+/// (see [`crate::postcard::encode`]).
 pub fn encode(schema: &SchemaDesc, json: &Value) -> Result<Vec<u8>, String> {
-    if schema.encoding != Some(Encoding::ZeroCopy) {
-        return Err(format!(
-            "`{}` travels serialized (postcard); `shmbus send` can only encode zero-copy \
-             (#[repr(C)]) messages",
-            schema.name
-        ));
+    match schema.encoding {
+        Some(Encoding::ZeroCopy) => {}
+        Some(Encoding::Postcard) => return crate::postcard::encode(schema, json),
+        _ => {
+            return Err(format!(
+                "`{}` travels in an encoding this build of shmbus does not know",
+                schema.name
+            ))
+        }
     }
     let mut out = vec![0u8; schema.size];
     encode_struct(&schema.fields, json, &mut out, &schema.name)?;

@@ -71,11 +71,13 @@ enum Command {
         #[arg(long)]
         idle_timeout: Option<u64>,
     },
-    /// Send one message given as JSON (zero-copy message types), attaching as a sender.
+    /// Send one message given as JSON, encoded through the channel's recorded schema (zero-copy
+    /// or serialized), attaching as a sender.
     Send {
         /// The channel name.
         name: String,
-        /// The message, e.g. '{"seq": 1, "price": 2.5, "venue": "XNAS"}'.
+        /// The message, e.g. '{"seq": 1, "price": 2.5, "venue": "XNAS"}'; enum variants as
+        /// '"Start"' or '{"Fill": [300, 1.5]}', `Option` as null or the value.
         json: String,
         /// How long to wait for a free slot, in milliseconds.
         #[arg(long, default_value_t = 5000)]
