@@ -301,6 +301,16 @@ fn drop_oldest_channel_counts_what_the_bridge_missed() {
             Err(e) => panic!("{e}"),
         }
     };
+    // What the bridge lagged before it read `first` (it reads only once the remote side has
+    // subscribed, which can take longer than the ring's 64 ticks at one per 20 ms on a
+    // loaded machine): not part of the burst below.
+    let lagged_now = || -> u64 {
+        let info = shmbus::inspect::Observer::open(&pa, "ticks")
+            .unwrap()
+            .info();
+        info.receivers.iter().map(|r| r.counters.lagged).sum()
+    };
+    let lagged_before = lagged_now();
     let stopped = Pid::from_raw(a.pid() as i32);
     kill(stopped, Signal::SIGSTOP).unwrap();
     // The bridge reads nothing meanwhile; the ring (64 slots) laps many times.
@@ -331,12 +341,12 @@ fn drop_oldest_channel_counts_what_the_bridge_missed() {
             Err(e) => panic!("{e}"),
         }
     }
-    let info = shmbus::inspect::Observer::open(&pa, "ticks")
-        .unwrap()
-        .info();
-    let lagged: u64 = info.receivers.iter().map(|r| r.counters.lagged).sum();
+    let lagged = lagged_now() - lagged_before;
     let missing = last - first + 1 - received;
-    eprintln!("received {received}, missing {missing}, lagged (channel counter) {lagged}");
+    eprintln!(
+        "received {received}, missing {missing}, lagged (channel counter) {lagged} \
+         ({lagged_before} before the burst)"
+    );
     assert!(
         lagged > 0,
         "the stopped bridge lagged, and the channel counted it"
