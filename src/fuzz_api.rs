@@ -128,7 +128,7 @@ impl LogRecord {
 /// Records written before the damage in [`file_log`].
 const LOG_RECORDS: u64 = 24;
 
-/// File-log recovery: a log of [`LOG_RECORDS`] records in small segments is damaged by the
+/// File-log recovery: a log of `LOG_RECORDS` (24) records in small segments is damaged by the
 /// input (every 6 bytes: a file of the log, an offset in it and a byte to write there, or a
 /// truncation), then read from the beginning and reopened by a writer. The reader delivers
 /// only intact records in increasing order, whatever the damage; the writer recovers or
