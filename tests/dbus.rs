@@ -415,15 +415,17 @@ fn dbus_send_to_a_queue_channel() {
     let fp = <Tick as Message>::INFO.fingerprint;
     let short = send(fp, "1,2");
     assert!(String::from_utf8_lossy(&short.stderr).is_empty());
-    // Two bytes are not a Tick: the receiver reports a decode error, then goes on.
+    // Two bytes are not a Tick: the receiver reports a decode error, then goes on. (The
+    // receiver answers `Send` before it queues the message, so wait for it.)
+    let wait = Duration::from_secs(10);
     assert!(matches!(
-        rx.try_recv(),
-        Err(shmbus::TryRecvError::Decode(_))
+        rx.recv_timeout(wait),
+        Err(shmbus::RecvTimeoutError::Decode(_))
     ));
     let ok = send(fp, "5,0,0,0,0,0,0,0,9,0,0,0,0,0,0,0");
     assert!(ok.status.success());
     assert_eq!(
-        rx.try_recv().unwrap().into_inner(),
+        rx.recv_timeout(wait).unwrap().into_inner(),
         Tick { seq: 5, value: 9 }
     );
 }
