@@ -95,6 +95,19 @@ fn corrupt(what: &str, pos: u64, seq: u64) -> Corruption {
     ))
 }
 
+/// Moves a shared cursor (the tail or the head) from `pos` to `pos + 1`. A lone participant
+/// owns the cursor: it stores it and keeps its own copy in `next`. Otherwise participants
+/// race with a compare-and-swap, and losing it means another one already moved it.
+#[inline]
+fn advance(single: bool, next: &Cell<u64>, cursor: &crate::sync::AtomicU64, pos: u64) {
+    if single {
+        next.set(pos + 1);
+        cursor.store(pos + 1, Ordering::Release);
+    } else {
+        let _ = cursor.compare_exchange(pos, pos + 1, Ordering::AcqRel, Ordering::Relaxed);
+    }
+}
+
 /// How a channel delivers messages (from its header).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Delivery {
@@ -446,28 +459,14 @@ impl Producer {
                 // handshake), so the claim must be one too; a lone queue sender stores.
                 if self.single && !self.delivery.broadcast {
                     slot.seq.store(claimed, Ordering::Relaxed);
-                    self.next.set(pos + 1);
-                    tail.store(pos + 1, Ordering::Release);
-                } else {
-                    if slot
-                        .seq
-                        .compare_exchange(seq, claimed, Ordering::AcqRel, Ordering::Relaxed)
-                        .is_err()
-                    {
-                        continue;
-                    }
-                    if self.single {
-                        self.next.set(pos + 1);
-                        tail.store(pos + 1, Ordering::Release);
-                    } else {
-                        let _ = tail.compare_exchange(
-                            pos,
-                            pos + 1,
-                            Ordering::AcqRel,
-                            Ordering::Relaxed,
-                        );
-                    }
+                } else if slot
+                    .seq
+                    .compare_exchange(seq, claimed, Ordering::AcqRel, Ordering::Relaxed)
+                    .is_err()
+                {
+                    continue;
                 }
+                advance(self.single, &self.next, tail, pos);
                 if self.delivery.broadcast && slot.pins.fetch_or(0, Ordering::AcqRel) != 0 {
                     // A subscriber still reads the old message in place: leave the payload
                     // alone and give this position no message. After a ring's worth of
@@ -504,17 +503,7 @@ impl Producer {
                 let just_claimed = (w.claimed && w.pos == pos)
                     || (!w.claimed && (w.pos == pos + 1 || w.pos == pos + cap));
                 if just_claimed {
-                    if self.single {
-                        self.next.set(pos + 1);
-                        tail.store(pos + 1, Ordering::Release);
-                    } else {
-                        let _ = tail.compare_exchange(
-                            pos,
-                            pos + 1,
-                            Ordering::AcqRel,
-                            Ordering::Relaxed,
-                        );
-                    }
+                    advance(self.single, &self.next, tail, pos);
                     continue;
                 }
             }
@@ -623,19 +612,14 @@ impl Consumer {
                 let taken = tagged(pos + 1, TAKEN, self.index);
                 if self.single {
                     slot.seq.store(taken, Ordering::Relaxed);
-                    self.next.set(pos + 1);
-                    head.store(pos + 1, Ordering::Release);
-                } else {
-                    if slot
-                        .seq
-                        .compare_exchange(seq, taken, Ordering::AcqRel, Ordering::Relaxed)
-                        .is_err()
-                    {
-                        continue;
-                    }
-                    let _ =
-                        head.compare_exchange(pos, pos + 1, Ordering::AcqRel, Ordering::Relaxed);
+                } else if slot
+                    .seq
+                    .compare_exchange(seq, taken, Ordering::AcqRel, Ordering::Relaxed)
+                    .is_err()
+                {
+                    continue;
                 }
+                advance(self.single, &self.next, head, pos);
                 match self.check_slot(mem, slot, pos)? {
                     Some(len) => {
                         let stats = mem.counters(Role::Receiver, self.index);
@@ -671,17 +655,7 @@ impl Consumer {
                     || (!w.taken && w.pos == pos + cap)
                     || (w.plain() && w.pos == pos + cap + 1);
                 if taken {
-                    if self.single {
-                        self.next.set(pos + 1);
-                        head.store(pos + 1, Ordering::Release);
-                    } else {
-                        let _ = head.compare_exchange(
-                            pos,
-                            pos + 1,
-                            Ordering::AcqRel,
-                            Ordering::Relaxed,
-                        );
-                    }
+                    advance(self.single, &self.next, head, pos);
                     continue;
                 }
             }
