@@ -855,16 +855,20 @@ fn take(
     }
 }
 
+impl QueueReceiver {
+    /// Every sender that greeted this receiver is gone.
+    fn gone(st: &State) -> bool {
+        st.ever_greeted && st.peers.is_empty()
+    }
+}
+
 impl Link for QueueReceiver {
     fn send_frame(&mut self, _bytes: &[u8], _tag: u32, _wait: Wait) -> Result<(), LinkError> {
         unreachable!("a receiving link does not send")
     }
 
     fn recv_frame(&mut self, buf: &mut Vec<u8>, wait: Wait) -> Result<(), LinkError> {
-        take(&self.pump.shared, buf, wait, |st| {
-            st.ever_greeted && st.peers.is_empty()
-        })
-        .map(|_| ())
+        take(&self.pump.shared, buf, wait, Self::gone).map(|_| ())
     }
 
     fn is_connected(&mut self) -> bool {
@@ -876,9 +880,7 @@ impl Link for QueueReceiver {
     }
 
     fn prepare_poll(&mut self) -> bool {
-        self.pump
-            .shared
-            .prepare_poll(|st| st.ever_greeted && st.peers.is_empty())
+        self.pump.shared.prepare_poll(Self::gone)
     }
 
     fn kind(&self) -> TransportKind {
@@ -1079,16 +1081,20 @@ impl Subscriber {
     }
 }
 
+impl Subscriber {
+    /// The publisher this subscriber saw is gone.
+    fn gone(st: &State) -> bool {
+        st.publisher_seen && st.publisher.is_none()
+    }
+}
+
 impl Link for Subscriber {
     fn send_frame(&mut self, _bytes: &[u8], _tag: u32, _wait: Wait) -> Result<(), LinkError> {
         unreachable!("a receiving link does not send")
     }
 
     fn recv_frame(&mut self, buf: &mut Vec<u8>, wait: Wait) -> Result<(), LinkError> {
-        take(&self.pump.shared, buf, wait, |st| {
-            st.publisher_seen && st.publisher.is_none()
-        })
-        .map(|_| ())
+        take(&self.pump.shared, buf, wait, Self::gone).map(|_| ())
     }
 
     fn is_connected(&mut self) -> bool {
@@ -1100,9 +1106,7 @@ impl Link for Subscriber {
     }
 
     fn prepare_poll(&mut self) -> bool {
-        self.pump
-            .shared
-            .prepare_poll(|st| st.publisher_seen && st.publisher.is_none())
+        self.pump.shared.prepare_poll(Self::gone)
     }
 
     fn kind(&self) -> TransportKind {
