@@ -235,6 +235,32 @@ fn too_many_open_files_is_limit_reached() {
     assert!(r.starts_with("LimitReached after "), "{r}");
 }
 
+/// A copy of this test binary that user `NOBODY` can run: the build directory may lie below
+/// one that only its owner can enter (a clone in a `mktemp -d` directory, say). The copy
+/// sits in a fresh world-readable directory, removed on drop.
+struct ExeForNobody(PathBuf);
+
+impl ExeForNobody {
+    fn new() -> ExeForNobody {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = std::env::temp_dir().join(format!("shmbus-limits-exe-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let exe = dir.join("limits-test");
+        std::fs::copy(std::env::current_exe().unwrap(), &exe).unwrap();
+        std::fs::set_permissions(&exe, std::fs::Permissions::from_mode(0o755)).unwrap();
+        ExeForNobody(exe)
+    }
+}
+
+impl Drop for ExeForNobody {
+    fn drop(&mut self) {
+        if let Some(dir) = self.0.parent() {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
+}
+
 /// Row "POSIX queue limits": user 65534 creates 8 KiB-message queues until
 /// `RLIMIT_MSGQUEUE` (800 KiB by default: 9 such queues) is reached: `LimitReached`, and the
 /// queues made before keep their messages.
@@ -244,7 +270,8 @@ fn posix_queue_count_limit_is_limit_reached() {
         eprintln!("posix_queue_count_limit_is_limit_reached: needs root (setuid); skipped");
         return;
     }
-    let mut cmd = Command::new(std::env::current_exe().unwrap());
+    let exe = ExeForNobody::new();
+    let mut cmd = Command::new(&exe.0);
     cmd.args(["--exact", "child_main", "--nocapture", "--test-threads=1"])
         .env(ROLE_VAR, "mq_count")
         .uid(NOBODY)
