@@ -11,6 +11,10 @@ use std::os::unix::fs::FileExt;
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::Command;
+
+#[path = "common/exe_for_nobody.rs"]
+mod exe_for_nobody;
+use exe_for_nobody::ExeForNobody;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
@@ -233,32 +237,6 @@ fn too_many_open_files_is_limit_reached() {
     let r = report(&out, "result");
     println!("child with RLIMIT_NOFILE 48: {r}");
     assert!(r.starts_with("LimitReached after "), "{r}");
-}
-
-/// A copy of this test binary that user `NOBODY` can run: the build directory may lie below
-/// one that only its owner can enter (a clone in a `mktemp -d` directory, say). The copy
-/// sits in a fresh world-readable directory, removed on drop.
-struct ExeForNobody(PathBuf);
-
-impl ExeForNobody {
-    fn new() -> ExeForNobody {
-        use std::os::unix::fs::PermissionsExt;
-        let dir = std::env::temp_dir().join(format!("shmbus-limits-exe-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
-        let exe = dir.join("limits-test");
-        std::fs::copy(std::env::current_exe().unwrap(), &exe).unwrap();
-        std::fs::set_permissions(&exe, std::fs::Permissions::from_mode(0o755)).unwrap();
-        ExeForNobody(exe)
-    }
-}
-
-impl Drop for ExeForNobody {
-    fn drop(&mut self) {
-        if let Some(dir) = self.0.parent() {
-            let _ = std::fs::remove_dir_all(dir);
-        }
-    }
 }
 
 /// Row "POSIX queue limits": user 65534 creates 8 KiB-message queues until

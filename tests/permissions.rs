@@ -11,6 +11,10 @@ use std::ffi::CString;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::Command;
+
+#[path = "common/exe_for_nobody.rs"]
+mod exe_for_nobody;
+use exe_for_nobody::ExeForNobody;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
@@ -684,7 +688,8 @@ fn process_of_another_user_gets_typed_errors() {
         chans.push(c);
     }
     // The child is this test binary, run as NOBODY.
-    let mut cmd = Command::new(std::env::current_exe().unwrap());
+    let exe = ExeForNobody::new();
+    let mut cmd = Command::new(&exe.0);
     cmd.args(["--exact", "child_main", "--nocapture", "--test-threads=1"])
         .env(ROLE_VAR, "intruder")
         .env(
@@ -730,8 +735,9 @@ fn process_of_another_user_gets_typed_errors() {
     // Unix-socket peers by uid, both ways, with a real other-user sender.
     let c = Chan::new("peer", "abstract");
     let rx = Receiver::<Msg>::open_or_create(&c.name, &c.options()).unwrap();
+    let exe = ExeForNobody::new();
     let run = |allow_root: bool| {
-        let mut cmd = Command::new(std::env::current_exe().unwrap());
+        let mut cmd = Command::new(&exe.0);
         cmd.args(["--exact", "child_main", "--nocapture", "--test-threads=1"])
             .env(ROLE_VAR, "peer_sender")
             .env("SHMBUS_PERM_NAME", &c.name)
@@ -786,7 +792,8 @@ fn group_shares_a_channel_with_another_user() {
         }
         chans.push(c);
     }
-    let mut cmd = Command::new(std::env::current_exe().unwrap());
+    let exe = ExeForNobody::new();
+    let mut cmd = Command::new(&exe.0);
     cmd.args(["--exact", "child_main", "--nocapture", "--test-threads=1"])
         .env(ROLE_VAR, "member")
         .env(
@@ -845,8 +852,9 @@ fn group_member_takes_over_after_the_creator_is_killed() {
     }
     for kind in ["shm", "sysv_shm", "posix_mq", "sysv_mq"] {
         let c = Chan::new("takeover", kind);
+        let exe = ExeForNobody::new();
         let child = |role: &str, as_nobody: bool| {
-            let mut cmd = Command::new(std::env::current_exe().unwrap());
+            let mut cmd = Command::new(&exe.0);
             cmd.args(["--exact", "child_main", "--nocapture", "--test-threads=1"])
                 .env(ROLE_VAR, role)
                 .env("SHMBUS_PERM_CHANS", chan_spec(&c))
