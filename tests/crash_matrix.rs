@@ -1008,6 +1008,20 @@ fn leftovers(name: &str) -> Vec<String> {
         at.path("sock"),
     ];
     files.retain(|p| std::fs::symlink_metadata(p).is_ok());
+    // A presence or lock file is written under another name first and then linked into
+    // place: a process killed in between must not leave that name behind.
+    if let Ok(dir) = std::fs::read_dir(runtime_dir()) {
+        let lock = format!("shmbus.sysv-shm-{key:08x}.lock.");
+        let presence = format!("{object}.");
+        files.extend(
+            dir.flatten()
+                .filter(|e| {
+                    let f = e.file_name().to_string_lossy().into_owned();
+                    f.ends_with(".tmp") && (f.starts_with(&presence) || f.starts_with(&lock))
+                })
+                .map(|e| e.path()),
+        );
+    }
     left.extend(files.iter().map(|p| p.display().to_string()));
     // SAFETY: shmget/msgget with plain integers only look the key up.
     if unsafe { libc::shmget(key, 0, 0) } >= 0 {

@@ -145,6 +145,79 @@ pub(crate) fn peer_cred(sock: BorrowedFd<'_>) -> io::Result<(u32, u32, i32)> {
     Ok((cred.uid, cred.gid, cred.pid))
 }
 
+/// Creates the file `path` complete or not at all: `prepare` writes (and locks) an unnamed
+/// file in `path`'s directory, which is then linked into place. `Ok(None)`: `path` exists.
+///
+/// The unnamed file is an `O_TMPFILE` linked through `/proc/self/fd`, so a process killed
+/// half-way leaves nothing behind. Where the file system or a missing `/proc` does not allow
+/// that, a temporary name (`<path>.<pid>.<n>.tmp`, removed after linking) stands in, which a
+/// process killed between its creation and its removal leaves behind.
+pub(crate) fn create_complete(
+    path: &Path,
+    mode: u32,
+    prepare: impl Fn(&File) -> io::Result<()>,
+) -> io::Result<Option<File>> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    let unnamed = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .mode(mode)
+        .custom_flags(libc::O_TMPFILE)
+        .open(dir);
+    match unnamed {
+        Ok(f) => {
+            prepare(&f)?;
+            let proc_path = format!("/proc/self/fd/{}", f.as_raw_fd());
+            match nix::unistd::linkat(
+                nix::fcntl::AT_FDCWD,
+                proc_path.as_str(),
+                nix::fcntl::AT_FDCWD,
+                path,
+                nix::fcntl::AtFlags::AT_SYMLINK_FOLLOW,
+            ) {
+                Ok(()) => return Ok(Some(f)),
+                Err(nix::errno::Errno::EEXIST) => return Ok(None),
+                // No /proc here: fall back to a named temporary file below.
+                Err(nix::errno::Errno::ENOENT) if !Path::new("/proc/self/fd").exists() => {}
+                Err(e) => return Err(to_io(e)),
+            }
+        }
+        // Kernels and file systems without O_TMPFILE.
+        Err(e)
+            if matches!(
+                e.raw_os_error(),
+                Some(libc::EOPNOTSUPP | libc::EISDIR | libc::EINVAL)
+            ) => {}
+        Err(e) => return Err(e),
+    }
+    static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(format!(
+        ".{}.{}.tmp",
+        std::process::id(),
+        SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    ));
+    let tmp = std::path::PathBuf::from(tmp);
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .mode(mode)
+        .custom_flags(O_NOFOLLOW)
+        .open(&tmp)?;
+    let linked = prepare(&f).and_then(|()| std::fs::hard_link(&tmp, path));
+    let _ = std::fs::remove_file(&tmp);
+    match linked {
+        Ok(()) => Ok(Some(f)),
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
 /// Open flags and error numbers the transports test for.
 pub(crate) const O_NOFOLLOW: i32 = libc::O_NOFOLLOW;
 pub(crate) const O_NONBLOCK: i32 = libc::O_NONBLOCK;

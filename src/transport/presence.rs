@@ -10,8 +10,9 @@
 //! 26  name_len u16 LE         28  queue set up (u8)   32  type name (up to 224 bytes)
 //! ```
 //!
-//! (the creator writes it to a temporary file that holds the lifetime lock, then links it
-//! into place, so the file never appears unlocked or incomplete), and each handle holds
+//! (the creator writes it to an unnamed `O_TMPFILE` file that holds the lifetime lock, then
+//! links it into place, so the file never appears unlocked or incomplete, and a creator
+//! killed half-way leaves nothing), and each handle holds
 //! open-file-description locks on it (the same mechanism as the
 //! shared-memory segment): byte 0 shared by every handle (exclusive while the creator
 //! writes the header, and taken exclusive by the last handle to leave, which removes the
@@ -119,36 +120,17 @@ fn header(wire: &Wire) -> [u8; HEADER] {
     h
 }
 
-/// Creates the presence file complete and locked: the header is written to a temporary
-/// file that holds the lifetime lock exclusively, which is then linked into place. An opener
+/// Creates the presence file complete and locked: the header is written to an unnamed file
+/// that holds the lifetime lock exclusively, which is then linked into place. An opener
 /// therefore never sees a file whose creator has not locked it yet (and might take it for
-/// one left behind). `Ok(None)`: a file is already there.
+/// one left behind), and a creator killed half-way leaves nothing. `Ok(None)`: a file is
+/// already there.
 fn create_locked(path: &std::path::Path, wire: &Wire, access: &Access) -> io::Result<Option<File>> {
-    static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-    let mut tmp = path.as_os_str().to_owned();
-    tmp.push(format!(
-        ".{}.{}.tmp",
-        std::process::id(),
-        SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
-    ));
-    let tmp = PathBuf::from(tmp);
-    let f = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create_new(true)
-        .mode(access.mode & 0o777)
-        .custom_flags(fd::O_NOFOLLOW)
-        .open(&tmp)?;
-    let linked = lock::lock_wait(f.as_fd(), LIFE, lock::Kind::Exclusive)
-        .and_then(|()| access.apply_fd(f.as_fd(), false))
-        .and_then(|()| f.write_all_at(&header(wire), 0))
-        .and_then(|()| std::fs::hard_link(&tmp, path));
-    let _ = std::fs::remove_file(&tmp);
-    match linked {
-        Ok(()) => Ok(Some(f)),
-        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(None),
-        Err(e) => Err(e),
-    }
+    fd::create_complete(path, access.mode & 0o777, |f| {
+        lock::lock_wait(f.as_fd(), LIFE, lock::Kind::Exclusive)?;
+        access.apply_fd(f.as_fd(), false)?;
+        f.write_all_at(&header(wire), 0)
+    })
 }
 
 /// `TypeMismatch` if the header `h` records another type than `wire`'s.

@@ -363,26 +363,13 @@ impl Control {
                     let Some(wire) = wire else {
                         return Err(LinkOpenError::NotFound(path.display().to_string()));
                     };
-                    // Write the whole header under a temporary name, then link it into
-                    // place: the control file appears complete or not at all.
-                    let tmp = dir.join(format!(
-                        ".log.ctl.{}.{:?}.tmp",
-                        std::process::id(),
-                        std::thread::current().id()
-                    ));
-                    let t = OpenOptions::new()
-                        .read(true)
-                        .write(true)
-                        .create(true)
-                        .truncate(true)
-                        .mode(access.mode & 0o777)
-                        .custom_flags(fd::O_NOFOLLOW)
-                        .open(&tmp)
-                        .map_err(io("create"))?;
-                    let r = access.apply_fd(t.as_fd(), false);
-                    let r = r.and_then(|()| t.write_all_at(&control_header(wire), 0));
-                    let r = r.and_then(|()| std::fs::hard_link(&tmp, &path));
-                    let _ = std::fs::remove_file(&tmp);
+                    // Write the whole header to an unnamed file, then link it into place:
+                    // the control file appears complete or not at all.
+                    let r = fd::create_complete(&path, access.mode & 0o777, |t| {
+                        access.apply_fd(t.as_fd(), false)?;
+                        t.write_all_at(&control_header(wire), 0)
+                    })
+                    .map(drop);
                     match r {
                         Ok(()) => {}
                         Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
