@@ -419,6 +419,26 @@ impl Producer {
     /// not write the payload, committing the position empty instead).
     #[inline]
     pub(crate) fn try_claim<M: Memory>(&self, mem: &M) -> Result<Claim, Corruption> {
+        // Fast path of a lone queue sender whose next slot is free: the first branch of
+        // `try_claim_slow`, without its loop (a busy stream runs only this).
+        if self.single && !self.delivery.broadcast {
+            let pos = self.next.get();
+            if pos <= POS_MASK - mem.geometry().capacity {
+                let slot = mem.slot(pos);
+                if slot.seq.load(Ordering::Acquire) == pos {
+                    slot.seq
+                        .store(tagged(pos, CLAIMED, self.index), Ordering::Relaxed);
+                    advance(true, &self.next, &mem.control().tail.0, pos);
+                    return Ok(Claim::Claimed(pos));
+                }
+            }
+        }
+        self.try_claim_slow(mem)
+    }
+
+    /// [`try_claim`](Self::try_claim) in every case.
+    #[inline(never)]
+    fn try_claim_slow<M: Memory>(&self, mem: &M) -> Result<Claim, Corruption> {
         let cap = mem.geometry().capacity;
         let tail = &mem.control().tail.0;
         let mut skipped = 0;
@@ -589,6 +609,35 @@ impl Consumer {
     /// and stepped over.
     #[inline]
     pub(crate) fn try_take<M: Memory>(&self, mem: &M) -> Result<Take, Corruption> {
+        // Fast path of a lone queue receiver: a committed message, or nothing committed yet
+        // (the first branches of `try_take_slow`, without its loop). A busy stream, and a
+        // receiver polling an empty ring, run only this.
+        if self.single && !self.delivery.broadcast {
+            let pos = self.next.get();
+            if pos <= POS_MASK - mem.geometry().capacity {
+                let slot = mem.slot(pos);
+                let seq = slot.seq.load(Ordering::Acquire);
+                if seq == pos + 1 {
+                    slot.seq
+                        .store(tagged(pos + 1, TAKEN, self.index), Ordering::Relaxed);
+                    advance(true, &self.next, &mem.control().head.0, pos);
+                    if let Some(len) = self.check_slot(mem, slot, pos)? {
+                        let stats = mem.counters(Role::Receiver, self.index);
+                        Counters::bump(&stats.received, 1);
+                        return Ok(Take::Ready { pos, len });
+                    }
+                    // A skipped slot (released by `check_slot`): go on with the next one.
+                } else if seq == pos {
+                    return Ok(Take::Empty);
+                }
+            }
+        }
+        self.try_take_slow(mem)
+    }
+
+    /// [`try_take`](Self::try_take) in every case.
+    #[inline(never)]
+    fn try_take_slow<M: Memory>(&self, mem: &M) -> Result<Take, Corruption> {
         if self.delivery.broadcast {
             return self.try_read(mem);
         }
@@ -665,6 +714,7 @@ impl Consumer {
 
     /// Reads the length and flags of a slot just taken; `None` for a skipped slot (released
     /// here).
+    #[inline]
     fn check_slot<M: Memory>(
         &self,
         mem: &M,
@@ -673,10 +723,14 @@ impl Consumer {
     ) -> Result<Option<u32>, Corruption> {
         let len = slot.len.load(Ordering::Relaxed);
         let flags = slot.flags.load(Ordering::Relaxed);
+        if flags & slot_flags::SKIP == 0 && len <= mem.geometry().max_message {
+            return Ok(Some(len));
+        }
         self.check_header(mem, pos, len, flags)
     }
 
     /// [`check_slot`](Self::check_slot) on a header already read.
+    #[inline(never)]
     fn check_header<M: Memory>(
         &self,
         mem: &M,
@@ -798,24 +852,32 @@ impl Consumer {
     /// Frees a taken position for the senders. Returns whether a wake-up was issued.
     #[inline]
     pub(crate) fn release<M: Memory>(&self, mem: &M, pos: u64) -> bool {
-        let slot = mem.slot(pos);
         if self.delivery.broadcast {
-            slot.pins.fetch_and(!(1u64 << self.index), Ordering::AcqRel);
-            {
-                let mut out = self.outstanding.borrow_mut();
-                if let Some(i) = out.iter().position(|&p| p == pos) {
-                    out.remove(i);
-                }
-            }
-            self.advance_cursor(mem);
+            self.unpin(mem, pos);
         } else {
             let cap = mem.geometry().capacity;
-            slot.seq.store(pos + cap, Ordering::Release);
+            mem.slot(pos).seq.store(pos + cap, Ordering::Release);
         }
         let woke = wait::notify(mem, Role::Sender);
         if woke {
             Counters::bump(&mem.counters(Role::Receiver, self.index).wakeups, 1);
         }
         woke
+    }
+
+    /// Broadcast: lets go of a message read in place (its pin, and its place among the
+    /// outstanding positions, which may move the published cursor).
+    #[inline(never)]
+    fn unpin<M: Memory>(&self, mem: &M, pos: u64) {
+        mem.slot(pos)
+            .pins
+            .fetch_and(!(1u64 << self.index), Ordering::AcqRel);
+        {
+            let mut out = self.outstanding.borrow_mut();
+            if let Some(i) = out.iter().position(|&p| p == pos) {
+                out.remove(i);
+            }
+        }
+        self.advance_cursor(mem);
     }
 }
