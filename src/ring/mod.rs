@@ -419,16 +419,31 @@ impl Producer {
     /// not write the payload, committing the position empty instead).
     #[inline]
     pub(crate) fn try_claim<M: Memory>(&self, mem: &M) -> Result<Claim, Corruption> {
-        // Fast path of a lone queue sender whose next slot is free: the first branch of
-        // `try_claim_slow`, without its loop (a busy stream runs only this).
-        if self.single && !self.delivery.broadcast {
-            let pos = self.next.get();
+        // Fast path of a queue sender whose next slot is free: the first branch of
+        // `try_claim_slow`, without its loop (a busy stream runs only this). A lone sender
+        // stores its claim, one of several wins it with a compare-and-swap (or, having lost
+        // it, goes the slow way).
+        if !self.delivery.broadcast {
+            let tail = &mem.control().tail.0;
+            let pos = if self.single {
+                self.next.get()
+            } else {
+                tail.load(Ordering::Acquire)
+            };
             if pos <= POS_MASK - mem.geometry().capacity {
                 let slot = mem.slot(pos);
-                if slot.seq.load(Ordering::Acquire) == pos {
-                    slot.seq
-                        .store(tagged(pos, CLAIMED, self.index), Ordering::Relaxed);
-                    advance(true, &self.next, &mem.control().tail.0, pos);
+                let claimed = tagged(pos, CLAIMED, self.index);
+                let won = slot.seq.load(Ordering::Acquire) == pos
+                    && if self.single {
+                        slot.seq.store(claimed, Ordering::Relaxed);
+                        true
+                    } else {
+                        slot.seq
+                            .compare_exchange(pos, claimed, Ordering::AcqRel, Ordering::Relaxed)
+                            .is_ok()
+                    };
+                if won {
+                    advance(self.single, &self.next, tail, pos);
                     return Ok(Claim::Claimed(pos));
                 }
             }
@@ -609,25 +624,39 @@ impl Consumer {
     /// and stepped over.
     #[inline]
     pub(crate) fn try_take<M: Memory>(&self, mem: &M) -> Result<Take, Corruption> {
-        // Fast path of a lone queue receiver: a committed message, or nothing committed yet
-        // (the first branches of `try_take_slow`, without its loop). A busy stream, and a
-        // receiver polling an empty ring, run only this.
-        if self.single && !self.delivery.broadcast {
-            let pos = self.next.get();
+        // Fast path of a queue receiver: a committed message (the first branch of
+        // `try_take_slow`, without its loop; a lone receiver stores its take, one of several
+        // wins it with a compare-and-swap), or, for a lone receiver, nothing committed yet.
+        // A busy stream, and a lone receiver polling an empty ring, run only this.
+        if !self.delivery.broadcast {
+            let head = &mem.control().head.0;
+            let pos = if self.single {
+                self.next.get()
+            } else {
+                head.load(Ordering::Acquire)
+            };
             if pos <= POS_MASK - mem.geometry().capacity {
                 let slot = mem.slot(pos);
                 let seq = slot.seq.load(Ordering::Acquire);
-                if seq == pos + 1 {
-                    slot.seq
-                        .store(tagged(pos + 1, TAKEN, self.index), Ordering::Relaxed);
-                    advance(true, &self.next, &mem.control().head.0, pos);
+                let taken = tagged(pos + 1, TAKEN, self.index);
+                let won = seq == pos + 1
+                    && if self.single {
+                        slot.seq.store(taken, Ordering::Relaxed);
+                        true
+                    } else {
+                        slot.seq
+                            .compare_exchange(seq, taken, Ordering::AcqRel, Ordering::Relaxed)
+                            .is_ok()
+                    };
+                if won {
+                    advance(self.single, &self.next, head, pos);
                     if let Some(len) = self.check_slot(mem, slot, pos)? {
                         let stats = mem.counters(Role::Receiver, self.index);
                         Counters::bump(&stats.received, 1);
                         return Ok(Take::Ready { pos, len });
                     }
                     // A skipped slot (released by `check_slot`): go on with the next one.
-                } else if seq == pos {
+                } else if self.single && seq == pos {
                     return Ok(Take::Empty);
                 }
             }
