@@ -33,8 +33,9 @@
 //! (every name it created is removed). Round trips: the parent sends a sequence number, the
 //! child checks it and echoes it; a sample is `iters` round trips. As in `compare`, the
 //! shared-memory rings and shmbus write the sequence word in place (a 1 MiB round trip there
-//! does not touch the rest of the payload), the copying transports move the whole message. Streams: the parent asks
-//! the child (over the link's other direction) for `iters + 1` messages, the child writes
+//! does not touch the rest of the payload), the copying transports move the whole message.
+//! Streams: the parent asks the child (over the link's other direction) for `iters + 1`
+//! messages, the child writes
 //! every payload word of each, and the parent reads every byte (sums the words) and checks
 //! the sequence; the clock starts at the first message (the request and the start of the
 //! child's loop are not measured), so a sample is the time of the next `iters` messages.
