@@ -431,6 +431,14 @@ fn main() {
     );
     harness::target(
         rows,
+        "stream 64 B",
+        "shmbus busy-poll 1×1",
+        "seq ring spin",
+        ">=",
+        0.5,
+    );
+    harness::target(
+        rows,
         "round trip 64 B",
         "shmbus busy-poll",
         "spin flag",

@@ -124,13 +124,16 @@ impl Options {
     }
 
     /// Most senders that may be attached at once (1 to 64, default 8). With 1, senders
-    /// claim slots with plain stores instead of compare-and-swap.
+    /// claim slots with plain stores instead of compare-and-swap: with
+    /// [`max_receivers`](Self::max_receivers) also 1, a busy stream of small messages
+    /// runs about twice as fast (README, Performance).
     pub fn max_senders(&mut self, n: u32) -> &mut Self {
         self.max_senders = n;
         self
     }
 
     /// Most receivers (or subscribers) that may be attached at once (1 to 64, default 8).
+    /// With 1, a queue receiver takes slots with plain stores instead of compare-and-swap.
     pub fn max_receivers(&mut self, n: u32) -> &mut Self {
         self.max_receivers = n;
         self

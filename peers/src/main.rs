@@ -429,6 +429,14 @@ fn main() {
     );
     harness::target(
         &rows,
+        "stream 64 B",
+        "shmbus busy-poll 1×1",
+        "iceoryx2",
+        ">=",
+        15.0,
+    );
+    harness::target(
+        &rows,
         "round trip 64 B",
         "shmbus busy-poll",
         "iceoryx2",
