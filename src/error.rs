@@ -321,7 +321,10 @@ impl<T> From<SendError<T>> for SendTimeoutError<T> {
 pub enum RecvError {
     /// Broadcast with `Overflow::DropOldest`: this many messages were overwritten before
     /// this subscriber read them. The next call continues with the oldest message still
-    /// available.
+    /// available. The count is of positions in the ring, so a position that held no
+    /// message (a loan dropped without sending, a sender that died holding one, a slot left
+    /// empty because a stopped subscriber still pinned it) counts too: never fewer than the
+    /// messages lost, and exact when every position held one.
     #[error("fell behind: {0} messages were overwritten before they were read")]
     Lagged(u64),
     /// Every sender left or died and every committed message has been received. Not final:
@@ -342,7 +345,10 @@ pub enum RecvError {
 pub enum TryRecvError {
     /// Broadcast with `Overflow::DropOldest`: this many messages were overwritten before
     /// this subscriber read them. The next call continues with the oldest message still
-    /// available.
+    /// available. The count is of positions in the ring, so a position that held no
+    /// message (a loan dropped without sending, a sender that died holding one, a slot left
+    /// empty because a stopped subscriber still pinned it) counts too: never fewer than the
+    /// messages lost, and exact when every position held one.
     #[error("fell behind: {0} messages were overwritten before they were read")]
     Lagged(u64),
     /// No message is waiting.
@@ -366,7 +372,10 @@ pub enum TryRecvError {
 pub enum RecvTimeoutError {
     /// Broadcast with `Overflow::DropOldest`: this many messages were overwritten before
     /// this subscriber read them. The next call continues with the oldest message still
-    /// available.
+    /// available. The count is of positions in the ring, so a position that held no
+    /// message (a loan dropped without sending, a sender that died holding one, a slot left
+    /// empty because a stopped subscriber still pinned it) counts too: never fewer than the
+    /// messages lost, and exact when every position held one.
     #[error("fell behind: {0} messages were overwritten before they were read")]
     Lagged(u64),
     /// No message arrived before the timeout.
