@@ -1,7 +1,7 @@
 //! The receiving end.
 
 use std::marker::PhantomData;
-use std::mem::ManuallyDrop;
+use std::mem::{ManuallyDrop, MaybeUninit};
 use std::ops::Deref;
 use std::ptr::NonNull;
 use std::time::{Duration, Instant};
@@ -182,7 +182,7 @@ impl<T: Message> Receiver<T> {
     #[inline(never)]
     fn recv_link(l: &LinkEnd, wait: Wait) -> Result<Sample<'_, T>, LinkFail> {
         l.recv::<T>(wait).map(|v| Sample {
-            inner: Inner::Owned(Box::new(v)),
+            inner: Inner::owned(v),
         })
     }
 
@@ -224,21 +224,19 @@ impl<T: Message> Receiver<T> {
                 // SAFETY: `len <= max_message` (checked by the ring), so the bytes lie inside
                 // the slot's payload, which we own until we release it below.
                 let bytes = unsafe { std::slice::from_raw_parts(payload, len as usize) };
-                let value = Self::decode_boxed(bytes);
+                let value = Self::decode_owned(bytes);
                 consumer.release(mem, pos);
-                Ok(Sample {
-                    inner: Inner::Owned(value?),
-                })
+                Ok(Sample { inner: value? })
             }
         }
     }
 
-    /// Decodes a serialized message into a box. Out of line, like
+    /// Decodes a serialized message into an owned sample. Out of line, like
     /// [`recv_link`](Self::recv_link): the value passes through this frame on its way to the
-    /// heap, and would otherwise enlarge the frame of every receive by the size of `T`.
+    /// sample, and would otherwise enlarge the frame of every receive by the size of `T`.
     #[inline(never)]
-    fn decode_boxed(bytes: &[u8]) -> Result<Box<T>, DecodeError> {
-        T::__decode(bytes).map(Box::new)
+    fn decode_owned(bytes: &[u8]) -> Result<Inner<'static, T>, DecodeError> {
+        T::__decode(bytes).map(Inner::owned)
     }
 
     /// Receives a message, waiting until one arrives.
@@ -451,6 +449,39 @@ enum Inner<'a, T: Message> {
     /// copy the whole message (a megabyte message was copied once per receive, in place or
     /// not, and took that much stack).
     Owned(Box<T>),
+    /// A message of at most [`INLINE`] bytes, kept in the sample itself: no allocation per
+    /// receive for small messages over the copying transports. Holds an initialised `T`
+    /// (written by [`Inner::owned`], dropped by `Sample`'s `Drop` or moved out by
+    /// `into_inner`).
+    Inline(InlineBuf, PhantomData<T>),
+}
+
+/// Largest message a sample keeps inline (bytes).
+const INLINE: usize = 64;
+
+/// Room for one small message: [`INLINE`] bytes aligned for any type up to 16.
+#[repr(C, align(16))]
+struct InlineBuf([MaybeUninit<u8>; INLINE]);
+
+impl<T: Message> Inner<'_, T> {
+    /// Whether a `T` fits an [`InlineBuf`] (decided at compile time).
+    const FITS_INLINE: bool =
+        size_of::<T>() <= INLINE && align_of::<T>() <= align_of::<InlineBuf>();
+
+    /// An owned message: inline if it fits, boxed otherwise.
+    #[inline]
+    fn owned(value: T) -> Self {
+        if Self::FITS_INLINE {
+            let mut buf = InlineBuf([MaybeUninit::uninit(); INLINE]);
+            debug_assert!(size_of::<T>() <= INLINE && align_of::<T>() <= 16);
+            // SAFETY: `FITS_INLINE`: the buffer is large enough and aligned for `T`; it is
+            // uninitialised and we write it once.
+            unsafe { buf.0.as_mut_ptr().cast::<T>().write(value) };
+            Inner::Inline(buf, PhantomData)
+        } else {
+            Inner::Owned(Box::new(value))
+        }
+    }
 }
 
 impl<T: Message> Sample<'_, T> {
@@ -470,6 +501,9 @@ impl<T: Message> Sample<'_, T> {
             // SAFETY: `this` is never used or dropped again, so moving the value out leaves
             // no second owner.
             Inner::Owned(v) => *unsafe { std::ptr::read(v) },
+            // SAFETY: the buffer holds an initialised `T` (see `Inner::Inline`), aligned for
+            // it; `this` is never dropped, so the value has no second owner.
+            Inner::Inline(buf, _) => unsafe { buf.0.as_ptr().cast::<T>().read() },
         }
     }
 
@@ -488,6 +522,8 @@ impl<T: Message> Deref for Sample<'_, T> {
             // so any bytes are a valid `T`, and it has no interior mutability.
             Inner::InPlace { ptr, .. } => unsafe { ptr.as_ref() },
             Inner::Owned(v) => v,
+            // SAFETY: the buffer holds an initialised, aligned `T` owned by this sample.
+            Inner::Inline(buf, _) => unsafe { &*buf.0.as_ptr().cast::<T>() },
         }
     }
 }
@@ -495,9 +531,17 @@ impl<T: Message> Deref for Sample<'_, T> {
 impl<T: Message> Drop for Sample<'_, T> {
     #[inline]
     fn drop(&mut self) {
-        if let Inner::InPlace { rx, pos, .. } = &self.inner {
-            let (end, consumer) = rx.ring();
-            consumer.release(&end.seg, *pos);
+        match &mut self.inner {
+            Inner::InPlace { rx, pos, .. } => {
+                let (end, consumer) = rx.ring();
+                consumer.release(&end.seg, *pos);
+            }
+            // SAFETY: the buffer holds an initialised `T` owned by this sample, dropped
+            // exactly once, here.
+            Inner::Inline(buf, _) => unsafe {
+                std::ptr::drop_in_place(buf.0.as_mut_ptr().cast::<T>())
+            },
+            Inner::Owned(_) => {}
         }
     }
 }

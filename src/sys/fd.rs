@@ -43,43 +43,74 @@ pub(crate) struct Ready {
     pub(crate) hangup: bool,
 }
 
-/// Waits until one of `fds` is ready for what it asks (`true`: reading, `false`: writing),
-/// or `timeout` passes (`None`: forever). Returns one entry per descriptor. EINTR counts
-/// as a spurious wake-up (all entries not ready).
-pub(crate) fn poll(
-    fds: &[(BorrowedFd<'_>, bool)],
+/// Waits until `fd` is ready for reading (`read`) or writing, or `timeout` passes (`None`:
+/// forever). EINTR counts as a spurious wake-up (not ready). Allocates nothing: the
+/// copying transports call it on every wait.
+pub(crate) fn poll_one(
+    fd: BorrowedFd<'_>,
+    read: bool,
     timeout: Option<Duration>,
-) -> io::Result<Vec<Ready>> {
-    let mut pfds: Vec<libc::pollfd> = fds
-        .iter()
-        .map(|(fd, read)| libc::pollfd {
-            fd: fd.as_raw_fd(),
-            events: if *read { libc::POLLIN } else { libc::POLLOUT },
+) -> io::Result<Ready> {
+    let mut pfd = [libc::pollfd {
+        fd: fd.as_raw_fd(),
+        events: if read { libc::POLLIN } else { libc::POLLOUT },
+        revents: 0,
+    }];
+    raw_poll(&mut pfd, timeout)?;
+    Ok(Ready {
+        readable: pfd[0].revents & libc::POLLIN != 0,
+        hangup: pfd[0].revents & (libc::POLLHUP | libc::POLLERR | libc::POLLNVAL) != 0,
+    })
+}
+
+/// Waits until one of `fds` is readable (or hung up), or `timeout` passes. Up to 16
+/// descriptors are polled from the stack, more from the heap.
+pub(crate) fn wait_readable<'a>(
+    fds: impl ExactSizeIterator<Item = BorrowedFd<'a>>,
+    timeout: Option<Duration>,
+) -> io::Result<()> {
+    let entry = |fd: BorrowedFd<'_>| libc::pollfd {
+        fd: fd.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    const ON_STACK: usize = 16;
+    if fds.len() <= ON_STACK {
+        let mut pfds = [libc::pollfd {
+            fd: -1,
+            events: 0,
             revents: 0,
-        })
-        .collect();
+        }; ON_STACK];
+        let mut n = 0;
+        for (slot, fd) in pfds.iter_mut().zip(fds) {
+            *slot = entry(fd);
+            n += 1;
+        }
+        raw_poll(&mut pfds[..n], timeout)
+    } else {
+        let mut pfds: Vec<libc::pollfd> = fds.map(entry).collect();
+        raw_poll(&mut pfds, timeout)
+    }
+}
+
+/// `poll(2)` over `pfds`; EINTR is a spurious wake-up (`Ok`, nothing ready).
+fn raw_poll(pfds: &mut [libc::pollfd], timeout: Option<Duration>) -> io::Result<()> {
     let ms = match timeout {
         None => -1,
         // Round up so a short timeout does not become a busy loop of zero-length polls.
         Some(d) => d.as_micros().div_ceil(1000).min(i32::MAX as u128) as libc::c_int,
     };
     // SAFETY: `pfds` is a valid array of `pfds.len()` pollfd structs that the kernel may
-    // write; every fd in it is borrowed for the duration of the call.
+    // write; every fd in it is borrowed by the caller for the duration of the call.
     let r = unsafe { libc::poll(pfds.as_mut_ptr(), pfds.len() as libc::nfds_t, ms) };
     if r < 0 {
         let e = io::Error::last_os_error();
         if e.kind() != io::ErrorKind::Interrupted {
             return Err(e);
         }
-        return Ok(vec![Ready::default(); fds.len()]);
+        pfds.iter_mut().for_each(|p| p.revents = 0);
     }
-    Ok(pfds
-        .iter()
-        .map(|p| Ready {
-            readable: p.revents & libc::POLLIN != 0,
-            hangup: p.revents & (libc::POLLHUP | libc::POLLERR | libc::POLLNVAL) != 0,
-        })
-        .collect())
+    Ok(())
 }
 
 /// Arranges for `fd` to be inherited by the child that `cmd` spawns, at the same number

@@ -179,12 +179,13 @@ pub(crate) fn receiver(
                 io::Error::new(io::ErrorKind::TimedOut, "no sender opened the FIFO in time"),
             ));
         }
-        let r = fd::poll(
-            &[(file.as_fd(), true)],
+        let r = fd::poll_one(
+            file.as_fd(),
+            true,
             Some(left.min(Duration::from_millis(50))),
         )
         .map_err(|e| LinkOpenError::Io("poll", e))?;
-        if r[0].readable || r[0].hangup {
+        if r.readable || r.hangup {
             break;
         }
     }

@@ -201,7 +201,7 @@ impl<F: Write + AsFd> StreamTx<F> {
                     } else {
                         Some(super::LIVENESS_SLICE)
                     };
-                    fd::poll(&[(self.io.as_fd(), false)], slice)
+                    fd::poll_one(self.io.as_fd(), false, slice)
                         .map_err(|e| LinkError::io("poll", e))?;
                 }
                 Err(e) => return Err(LinkError::io("write", e)),
@@ -287,7 +287,10 @@ impl<F: Read + AsFd> StreamRx<F> {
             self.end -= self.start;
             self.start = 0;
         }
-        let want = self.end + 64 * 1024;
+        // Room for at least 64 KiB more, in power-of-two sizes: small frames leave at most a
+        // frame's worth before the read, so the buffer grows once, to 128 KiB, and a receive
+        // in steady state never allocates.
+        let want = (self.end + 64 * 1024).next_power_of_two();
         if self.buf.len() < want {
             self.buf.resize(want, 0);
         }
@@ -342,7 +345,7 @@ impl<F: Read + AsFd> StreamRx<F> {
                     let Some(slice) = wait.slice(super::LIVENESS_SLICE) else {
                         return Err(wait.expired());
                     };
-                    fd::poll(&[(self.io.as_fd(), true)], Some(slice))
+                    fd::poll_one(self.io.as_fd(), true, Some(slice))
                         .map_err(|e| LinkError::io("poll", e))?;
                 }
             }

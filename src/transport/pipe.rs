@@ -91,8 +91,8 @@ impl Link for PipeSender {
     }
 
     fn is_connected(&mut self) -> bool {
-        match fd::poll(&[(self.tx.io.as_fd(), false)], Some(Duration::ZERO)) {
-            Ok(r) => !r[0].hangup,
+        match fd::poll_one(self.tx.io.as_fd(), false, Some(Duration::ZERO)) {
+            Ok(r) => !r.hangup,
             Err(_) => true,
         }
     }
@@ -130,8 +130,8 @@ impl Link for PipeReceiver {
     }
 
     fn is_connected(&mut self) -> bool {
-        match fd::poll(&[(self.rx.io.as_fd(), true)], Some(Duration::ZERO)) {
-            Ok(r) => !r[0].hangup,
+        match fd::poll_one(self.rx.io.as_fd(), true, Some(Duration::ZERO)) {
+            Ok(r) => !r.hangup,
             Err(_) => true,
         }
     }

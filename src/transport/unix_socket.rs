@@ -165,9 +165,9 @@ impl Link for SocketSender {
     }
 
     fn is_connected(&mut self) -> bool {
-        match fd::poll(&[(self.tx.io.as_fd(), true)], Some(Duration::ZERO)) {
+        match fd::poll_one(self.tx.io.as_fd(), true, Some(Duration::ZERO)) {
             // The receiver never sends after its hello: readable means end-of-file.
-            Ok(r) => !(r[0].hangup || r[0].readable),
+            Ok(r) => !(r.hangup || r.readable),
             Err(_) => true,
         }
     }
@@ -182,8 +182,8 @@ impl Link for SocketSender {
 fn acceptor(listener: UnixListener, wire: Wire, access: Access, shared: Arc<Shared>) {
     let hello = frame::hello(&wire);
     while !shared.stop.load(Ordering::Acquire) {
-        let ready = fd::poll(&[(listener.as_fd(), true)], Some(Duration::from_millis(20)));
-        if !ready.is_ok_and(|r| r[0].readable) {
+        let ready = fd::poll_one(listener.as_fd(), true, Some(Duration::from_millis(20)));
+        if !ready.is_ok_and(|r| r.readable) {
             continue;
         }
         let Ok((stream, _)) = listener.accept() else {
@@ -354,13 +354,13 @@ impl Link for SocketReceiver {
                 return Err(wait.expired());
             };
             // New connections show up within a slice (the acceptor does not wake us).
-            let fds: Vec<_> = self.conns.iter().map(|c| (c.rx.io.as_fd(), true)).collect();
-            let slice = if fds.is_empty() {
+            let slice = if self.conns.is_empty() {
                 slice.min(Duration::from_millis(1))
             } else {
                 slice
             };
-            fd::poll(&fds, Some(slice)).map_err(|e| LinkError::io("poll", e))?;
+            let fds = self.conns.iter().map(|c| c.rx.io.as_fd());
+            fd::wait_readable(fds, Some(slice)).map_err(|e| LinkError::io("poll", e))?;
         }
     }
 
