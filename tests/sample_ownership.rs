@@ -67,7 +67,11 @@ fn check<T: shmbus::Message>(
     assert_eq!(text_of(&a), format!("message {first}"));
     assert_eq!(dropped(first), 1, "a live sample does not drop its message");
     drop(a);
-    assert_eq!(dropped(first), 2, "dropping the sample drops the message once");
+    assert_eq!(
+        dropped(first),
+        2,
+        "dropping the sample drops the message once"
+    );
 
     let b = rx.recv().unwrap().into_inner();
     assert_eq!(id_of(&b), first + 1);
