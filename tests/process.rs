@@ -182,6 +182,7 @@ for_each_limits!(
     million_ticks_parent_to_child,
     send_blocks_while_full_until_the_receiver_reads,
     sigkill_of_the_sender_mid_stream,
+    sigkill_of_the_sender_while_the_receiver_spins,
     sigkill_of_the_receiver_unblocks_a_full_sender,
     restarted_receiver_gets_what_the_killed_one_left,
     stale_segment_of_a_killed_sender_keeps_its_messages,
@@ -746,20 +747,41 @@ fn send_timeout_on_a_full_channel_hands_the_message_back() {
 // Crashes
 
 fn sigkill_of_the_sender_mid_stream(limits: Limits) {
+    kill_the_sender_mid_stream(limits, None);
+}
+
+/// The receiver busy-polls for an hour before it would sleep: the sender's death is still
+/// noticed within a liveness slice (a killed process never updates the shared state that
+/// the spin loop looks at).
+fn sigkill_of_the_sender_while_the_receiver_spins(limits: Limits) {
+    kill_the_sender_mid_stream(limits, Some(Duration::from_secs(3600)));
+}
+
+fn kill_the_sender_mid_stream(limits: Limits, spin: Option<Duration>) {
     const BEFORE_KILL: u64 = 20_000;
     const CAPACITY: usize = 64;
-    let h = Harness::new(&limits.test_name("kill_sender"));
-    let rx = Receiver::<Tick>::create(h.name(), &limits.options(CAPACITY)).unwrap();
+    let test = if spin.is_some() {
+        "kill_sender_spin"
+    } else {
+        "kill_sender"
+    };
+    let h = Harness::new(&limits.test_name(test));
+    let mut o = limits.options(CAPACITY);
+    if let Some(spin) = spin {
+        o.spin(spin);
+    }
+    let rx = Receiver::<Tick>::create(h.name(), &o).unwrap();
     // Sends until killed.
     let mut child = h.spawn("sender", &[("count", &u64::MAX)]);
     receive_ticks(&rx, 0..BEFORE_KILL);
     let killed_at = Instant::now();
     child.kill();
     // What was committed before the kill arrives intact and in order; then the channel
-    // reports the disconnection instead of waiting forever.
+    // reports the disconnection instead of waiting forever (a minute is the bound that
+    // fails the test instead of hanging it).
     let mut next = BEFORE_KILL;
     loop {
-        match rx.recv() {
+        match rx.recv_timeout(Duration::from_secs(60)) {
             Ok(sample) => {
                 if *sample != tick(next) {
                     panic!(
@@ -770,13 +792,12 @@ fn sigkill_of_the_sender_mid_stream(limits: Limits) {
                 }
                 next += 1;
             }
-            Err(RecvError::Disconnected) => break,
+            Err(RecvTimeoutError::Disconnected) => break,
             Err(e) => panic!("after the kill: {e}"),
         }
     }
     eprintln!(
-        "sigkill_of_the_sender_mid_stream ({limits:?}): {} messages after SIGKILL, \
-         Disconnected {:?} after it",
+        "{test} ({limits:?}): {} messages after SIGKILL, Disconnected {:?} after it",
         next - BEFORE_KILL,
         killed_at.elapsed()
     );

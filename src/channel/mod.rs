@@ -434,20 +434,23 @@ impl End {
             if deadline.is_some_and(|d| now >= d) {
                 return Err(Blocked::Timeout);
             }
+            // While spinning (a long `Options::spin`, or a strategy that never sleeps), check
+            // every slice that the peer lives: a killed peer never changes the shared state
+            // that the check above reads. (A sleeper checks between its sleeps, below.)
+            if now.duration_since(last_check) >= LIVENESS_SLICE {
+                last_check = now;
+                if self.stops_when_peer_gone()
+                    && ring::peers(&self.seg, ring::other(self.role), true) == Peers::Gone
+                {
+                    return poll().map_err(corrupt)?.ok_or(Blocked::Disconnected);
+                }
+            }
             if now.duration_since(start) < self.spin {
                 crate::sync::spin_hint();
                 continue;
             }
             if spins_only {
-                // Never sleeps: yield, and check that the peer lives every slice.
-                if now.duration_since(last_check) >= LIVENESS_SLICE {
-                    last_check = now;
-                    if self.stops_when_peer_gone()
-                        && ring::peers(&self.seg, ring::other(self.role), true) == Peers::Gone
-                    {
-                        return poll().map_err(corrupt)?.ok_or(Blocked::Disconnected);
-                    }
-                }
+                // Never sleeps: yield.
                 std::thread::yield_now();
                 continue;
             }
