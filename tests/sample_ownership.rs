@@ -2,7 +2,7 @@
 //! decoded out of shared memory) drops its message exactly once: when the sample is
 //! dropped, or when the value moved out by `into_inner` is. Small messages are kept in the
 //! sample itself, larger ones in a box; both are covered, over a pipe and over shared
-//! memory.
+//! memory, and a message with interior mutability changed through its sample.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -141,4 +141,32 @@ fn serialized_samples_from_shared_memory_drop_their_message_exactly_once() {
     assert_eq!(dropped(7), 1);
     drop(v);
     assert_eq!(dropped(7), 2);
+}
+
+/// A serialized message with interior mutability, kept inside the sample: changing it
+/// through the sample is allowed (the inline storage is an `UnsafeCell`, so `&Sample` does
+/// not promise frozen bytes) and is seen by later reads of the same sample.
+#[derive(shmbus::Message, serde::Serialize, serde::Deserialize, Debug)]
+#[shmbus(serde)]
+struct Counter {
+    hits: std::cell::Cell<u64>,
+    total: AtomicU64,
+}
+
+#[test]
+fn an_inline_sample_may_be_mutated_through_its_cells() {
+    assert!(std::mem::size_of::<Counter>() <= 64);
+    let (tx, rx) = shmbus::pipe::<Counter>().unwrap();
+    tx.send(Counter {
+        hits: std::cell::Cell::new(1),
+        total: AtomicU64::new(10),
+    })
+    .unwrap();
+    let s = rx.recv().unwrap();
+    let before = s.hits.get();
+    s.hits.set(before + 1);
+    s.total.fetch_add(5, Ordering::SeqCst);
+    assert_eq!((s.hits.get(), s.total.load(Ordering::SeqCst)), (2, 15));
+    let v = s.into_inner();
+    assert_eq!((v.hits.get(), v.total.into_inner()), (2, 15));
 }

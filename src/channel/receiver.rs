@@ -1,5 +1,6 @@
 //! The receiving end.
 
+use std::cell::UnsafeCell;
 use std::marker::PhantomData;
 use std::mem::{ManuallyDrop, MaybeUninit};
 use std::ops::Deref;
@@ -444,10 +445,10 @@ enum Inner<'a, T: Message> {
         pos: u64,
         ptr: NonNull<T>,
     },
-    /// Boxed, so that a sample stays a few words long whatever the size of `T`: it is
-    /// returned by value through several calls, and an inline `T` made every one of them
-    /// copy the whole message (a megabyte message was copied once per receive, in place or
-    /// not, and took that much stack).
+    /// Boxed, so that a sample stays small (80 bytes with the inline variant below)
+    /// whatever the size of `T`: it is returned by value through several calls, and an
+    /// inline `T` made every one of them copy the whole message (a megabyte message was
+    /// copied once per receive, in place or not, and took that much stack).
     Owned(Box<T>),
     /// A message of at most [`INLINE`] bytes, kept in the sample itself: no allocation per
     /// receive for small messages over the copying transports. Holds an initialised `T`
@@ -459,9 +460,12 @@ enum Inner<'a, T: Message> {
 /// Largest message a sample keeps inline (bytes).
 const INLINE: usize = 64;
 
-/// Room for one small message: [`INLINE`] bytes aligned for any type up to 16.
+/// Room for one small message: [`INLINE`] bytes aligned for any type up to 16. In an
+/// `UnsafeCell`: the message may have interior mutability (a `Cell` in a serialized
+/// message), and the sample hands out `&T` into these bytes, so they must not be treated
+/// as frozen behind `&Sample`.
 #[repr(C, align(16))]
-struct InlineBuf([MaybeUninit<u8>; INLINE]);
+struct InlineBuf(UnsafeCell<[MaybeUninit<u8>; INLINE]>);
 
 impl<T: Message> Inner<'_, T> {
     /// Whether a `T` fits an [`InlineBuf`] (decided at compile time).
@@ -472,11 +476,12 @@ impl<T: Message> Inner<'_, T> {
     #[inline]
     fn owned(value: T) -> Self {
         if Self::FITS_INLINE {
-            let mut buf = InlineBuf([MaybeUninit::uninit(); INLINE]);
+            let buf = InlineBuf(UnsafeCell::new([MaybeUninit::uninit(); INLINE]));
             debug_assert!(size_of::<T>() <= INLINE && align_of::<T>() <= 16);
-            // SAFETY: `FITS_INLINE`: the buffer is large enough and aligned for `T`; it is
-            // uninitialised and we write it once.
-            unsafe { buf.0.as_mut_ptr().cast::<T>().write(value) };
+            // SAFETY: `FITS_INLINE`: the buffer is large enough and aligned for `T` (the
+            // cell has the layout of its contents); it is uninitialised, not shared yet,
+            // and we write it once.
+            unsafe { buf.0.get().cast::<T>().write(value) };
             Inner::Inline(buf, PhantomData)
         } else {
             Inner::Owned(Box::new(value))
@@ -503,7 +508,7 @@ impl<T: Message> Sample<'_, T> {
             Inner::Owned(v) => *unsafe { std::ptr::read(v) },
             // SAFETY: the buffer holds an initialised `T` (see `Inner::Inline`), aligned for
             // it; `this` is never dropped, so the value has no second owner.
-            Inner::Inline(buf, _) => unsafe { buf.0.as_ptr().cast::<T>().read() },
+            Inner::Inline(buf, _) => unsafe { buf.0.get().cast::<T>().read() },
         }
     }
 
@@ -523,7 +528,7 @@ impl<T: Message> Deref for Sample<'_, T> {
             Inner::InPlace { ptr, .. } => unsafe { ptr.as_ref() },
             Inner::Owned(v) => v,
             // SAFETY: the buffer holds an initialised, aligned `T` owned by this sample.
-            Inner::Inline(buf, _) => unsafe { &*buf.0.as_ptr().cast::<T>() },
+            Inner::Inline(buf, _) => unsafe { &*buf.0.get().cast::<T>() },
         }
     }
 }
@@ -538,9 +543,7 @@ impl<T: Message> Drop for Sample<'_, T> {
             }
             // SAFETY: the buffer holds an initialised `T` owned by this sample, dropped
             // exactly once, here.
-            Inner::Inline(buf, _) => unsafe {
-                std::ptr::drop_in_place(buf.0.as_mut_ptr().cast::<T>())
-            },
+            Inner::Inline(buf, _) => unsafe { std::ptr::drop_in_place(buf.0.get().cast::<T>()) },
             Inner::Owned(_) => {}
         }
     }
