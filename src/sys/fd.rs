@@ -180,9 +180,9 @@ pub(crate) fn peer_cred(sock: BorrowedFd<'_>) -> io::Result<(u32, u32, i32)> {
 /// file in `path`'s directory, which is then linked into place. `Ok(None)`: `path` exists.
 ///
 /// The unnamed file is an `O_TMPFILE` linked through `/proc/self/fd`, so a process killed
-/// half-way leaves nothing behind. Where the file system or a missing `/proc` does not allow
-/// that, a temporary name (`<path>.<pid>.<n>.tmp`, removed after linking) stands in, which a
-/// process killed between its creation and its removal leaves behind.
+/// half-way leaves nothing behind. Where the file system, a missing `/proc` or a sandbox
+/// does not allow that, a temporary name (`<path>.<pid>.<n>.tmp`, removed after linking)
+/// stands in, which a process killed between its creation and its removal leaves behind.
 pub(crate) fn create_complete(
     path: &Path,
     mode: u32,
@@ -212,9 +212,9 @@ pub(crate) fn create_complete(
             ) {
                 Ok(()) => return Ok(Some(f)),
                 Err(nix::errno::Errno::EEXIST) => return Ok(None),
-                // No /proc here: fall back to a named temporary file below.
-                Err(nix::errno::Errno::ENOENT) if !Path::new("/proc/self/fd").exists() => {}
-                Err(e) => return Err(to_io(e)),
+                // No /proc, or a sandbox that refuses links through it: fall back to a
+                // named temporary file below (which reports a real failure again).
+                Err(_) => {}
             }
         }
         // Kernels and file systems without O_TMPFILE.
