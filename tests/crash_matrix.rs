@@ -1008,16 +1008,16 @@ fn leftovers(name: &str) -> Vec<String> {
         at.path("sock"),
     ];
     files.retain(|p| std::fs::symlink_metadata(p).is_ok());
-    // A presence or lock file is written under another name first and then linked into
-    // place: a process killed in between must not leave that name behind.
+    // A queue's presence file is written unnamed and linked into place; where that is not
+    // possible, under a temporary name `<file>.<pid>.<n>.tmp` first: a process killed in
+    // between must not leave that name behind.
     if let Ok(dir) = std::fs::read_dir(runtime_dir()) {
-        let lock = format!("shmbus.sysv-shm-{key:08x}.lock.");
         let presence = format!("{object}.");
         files.extend(
             dir.flatten()
                 .filter(|e| {
                     let f = e.file_name().to_string_lossy().into_owned();
-                    f.ends_with(".tmp") && (f.starts_with(&presence) || f.starts_with(&lock))
+                    f.ends_with(".tmp") && f.starts_with(&presence)
                 })
                 .map(|e| e.path()),
         );

@@ -41,6 +41,15 @@ pub fn child_command(args: &[String]) -> Command {
 pub fn child_args() -> Option<Vec<String>> {
     let args: Vec<String> = std::env::args().collect();
     let at = args.iter().position(|a| a == "--child")?;
+    // A child never outlives its parent: a killed or crashed benchmark must not leave a
+    // process spinning on a CPU.
+    // SAFETY: prctl(PR_SET_PDEATHSIG) with a signal number; getppid has no preconditions.
+    unsafe {
+        libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+        if libc::getppid() == 1 {
+            std::process::exit(1); // the parent is already gone
+        }
+    }
     Some(args[at + 1..].to_vec())
 }
 
