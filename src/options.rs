@@ -205,6 +205,7 @@ impl Options {
 
     /// How long a blocked call busy-waits before it sleeps on a futex. A peer that answers
     /// within this time never pays for a kernel wake-up; `Duration::ZERO` sleeps at once.
+    /// However long the spin, a peer that died is noticed within a liveness slice (10 ms).
     pub fn spin(&mut self, spin: Duration) -> &mut Self {
         self.spin = spin;
         self
