@@ -290,7 +290,8 @@ fn left_behind_segment_keeps_committed_messages() {
 
 #[test]
 fn threads_stream_in_order() {
-    const N: u64 = 200_000;
+    // Under Miri (which checks every access for data races and aliasing) a few laps do.
+    const N: u64 = if cfg!(miri) { 300 } else { 200_000 };
     let mem = Arc::new(segment(64));
     let m = mem.clone();
     let producer = std::thread::spawn(move || {
@@ -337,7 +338,7 @@ fn read_all(mem: &HeapSegment, c: &Consumer) -> (Vec<u64>, u64) {
 #[test]
 fn many_senders_many_receivers_deliver_exactly_once() {
     const SENDERS: u64 = 4;
-    const PER: u64 = 20_000;
+    const PER: u64 = if cfg!(miri) { 100 } else { 20_000 };
     let mem = Arc::new(segment_n(64, 4, 4));
     let done = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let mut handles = Vec::new();
