@@ -72,21 +72,7 @@ struct Peer<L: Link> {
 impl<L: Link> Peer<L> {
     /// Creates the link and starts the child (`kind` selects its link type there).
     fn start(kind: &str, mode: Mode, spec: &Spec) -> Self {
-        let (mut link, link_args) = L::create(spec);
-        let mut args = vec![
-            kind.to_string(),
-            format!("{mode:?}"),
-            spec.size.to_string(),
-            spec.capacity.to_string(),
-            spec.variant.clone(),
-        ];
-        args.extend(link_args);
-        harness::pin(0);
-        let mut cmd = harness::child_command(&args);
-        link.prepare_child(&mut cmd);
-        let child = cmd.spawn().expect("spawn child process");
-        drop(cmd);
-        link.connected();
+        let (link, child) = harness::start_child::<L>(kind, mode, spec, &[]);
         Peer {
             link,
             child: Some(child),

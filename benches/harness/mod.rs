@@ -202,8 +202,10 @@ pub enum Figure {
     None,
 }
 
-/// Runs the parent side of `mode` over `L` (the child runs [`child_main`]).
-pub fn run_link<L: Link>(kind: &str, mode: Mode, spec: &Spec, counts: Counts) -> Figure {
+/// Creates the parent's end of `L`, pins this process to CPU 0 and starts the child with
+/// the arguments `kind mode size capacity variant [extra...] [link arguments...]`. Returns
+/// the connected link and the child.
+pub fn start_child<L: Link>(kind: &str, mode: Mode, spec: &Spec, extra: &[String]) -> (L, Child) {
     let (mut link, link_args) = L::create(spec);
     let mut args = vec![
         kind.to_string(),
@@ -211,9 +213,8 @@ pub fn run_link<L: Link>(kind: &str, mode: Mode, spec: &Spec, counts: Counts) ->
         spec.size.to_string(),
         spec.capacity.to_string(),
         spec.variant.clone(),
-        counts.n.to_string(),
-        counts.extra.to_string(),
     ];
+    args.extend_from_slice(extra);
     args.extend(link_args);
     pin(0);
     let mut cmd = child_command(&args);
@@ -221,6 +222,13 @@ pub fn run_link<L: Link>(kind: &str, mode: Mode, spec: &Spec, counts: Counts) ->
     let child = cmd.spawn().expect("spawn child process");
     drop(cmd);
     link.connected();
+    (link, child)
+}
+
+/// Runs the parent side of `mode` over `L` (the child runs [`child_main`]).
+pub fn run_link<L: Link>(kind: &str, mode: Mode, spec: &Spec, counts: Counts) -> Figure {
+    let extra = [counts.n.to_string(), counts.extra.to_string()];
+    let (mut link, child) = start_child::<L>(kind, mode, spec, &extra);
     let fig = match mode {
         Mode::RoundTrip => {
             let mut s = rtt_parent(&mut link, counts);
