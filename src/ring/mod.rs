@@ -108,6 +108,20 @@ fn advance(single: bool, next: &Cell<u64>, cursor: &crate::sync::AtomicU64, pos:
     }
 }
 
+/// Tags a slot's sequence word, `expected` → `tagged` (a claim or a take). A participant
+/// that owns the transition (a lone participant of its role) stores it; otherwise
+/// participants race with a compare-and-swap. Returns whether this participant won.
+#[inline]
+fn tag(owned: bool, word: &crate::sync::AtomicU64, expected: u64, tagged: u64) -> bool {
+    if owned {
+        word.store(tagged, Ordering::Relaxed);
+        true
+    } else {
+        word.compare_exchange(expected, tagged, Ordering::AcqRel, Ordering::Relaxed)
+            .is_ok()
+    }
+}
+
 /// How a channel delivers messages (from its header).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Delivery {
@@ -433,16 +447,9 @@ impl Producer {
             if pos <= POS_MASK - mem.geometry().capacity {
                 let slot = mem.slot(pos);
                 let claimed = tagged(pos, CLAIMED, self.index);
-                let won = slot.seq.load(Ordering::Acquire) == pos
-                    && if self.single {
-                        slot.seq.store(claimed, Ordering::Relaxed);
-                        true
-                    } else {
-                        slot.seq
-                            .compare_exchange(pos, claimed, Ordering::AcqRel, Ordering::Relaxed)
-                            .is_ok()
-                    };
-                if won {
+                if slot.seq.load(Ordering::Acquire) == pos
+                    && tag(self.single, &slot.seq, pos, claimed)
+                {
                     advance(self.single, &self.next, tail, pos);
                     return Ok(Claim::Claimed(pos));
                 }
@@ -492,13 +499,12 @@ impl Producer {
                 let claimed = tagged(pos, CLAIMED, self.index);
                 // Broadcast subscribers read the word with read-modify-writes (the pin
                 // handshake), so the claim must be one too; a lone queue sender stores.
-                if self.single && !self.delivery.broadcast {
-                    slot.seq.store(claimed, Ordering::Relaxed);
-                } else if slot
-                    .seq
-                    .compare_exchange(seq, claimed, Ordering::AcqRel, Ordering::Relaxed)
-                    .is_err()
-                {
+                if !tag(
+                    self.single && !self.delivery.broadcast,
+                    &slot.seq,
+                    seq,
+                    claimed,
+                ) {
                     continue;
                 }
                 advance(self.single, &self.next, tail, pos);
@@ -640,16 +646,7 @@ impl Consumer {
                 let slot = mem.slot(pos);
                 let seq = slot.seq.load(Ordering::Acquire);
                 let taken = tagged(pos + 1, TAKEN, self.index);
-                let won = seq == pos + 1
-                    && if self.single {
-                        slot.seq.store(taken, Ordering::Relaxed);
-                        true
-                    } else {
-                        slot.seq
-                            .compare_exchange(seq, taken, Ordering::AcqRel, Ordering::Relaxed)
-                            .is_ok()
-                    };
-                if won {
+                if seq == pos + 1 && tag(self.single, &slot.seq, seq, taken) {
                     advance(self.single, &self.next, head, pos);
                     if let Some(len) = self.check_slot(mem, slot, pos)? {
                         let stats = mem.counters(Role::Receiver, self.index);
@@ -687,13 +684,7 @@ impl Consumer {
             let seq = slot.seq.load(Ordering::Acquire);
             if seq == pos + 1 {
                 let taken = tagged(pos + 1, TAKEN, self.index);
-                if self.single {
-                    slot.seq.store(taken, Ordering::Relaxed);
-                } else if slot
-                    .seq
-                    .compare_exchange(seq, taken, Ordering::AcqRel, Ordering::Relaxed)
-                    .is_err()
-                {
+                if !tag(self.single, &slot.seq, seq, taken) {
                     continue;
                 }
                 advance(self.single, &self.next, head, pos);
