@@ -123,6 +123,16 @@ fn send_tick(tx: &shmbus::Sender<Tick>, seq: u64) {
 /// The counting allocator is global: one test at a time measures.
 static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
+/// A shared-memory channel of 256 slots named after `test` and this process.
+fn shm_channel<T: shmbus::Message>(test: &str) -> (shmbus::Sender<T>, shmbus::Receiver<T>) {
+    let name = format!("{test}-{}", std::process::id());
+    let mut opts = shmbus::Options::new();
+    opts.capacity(256);
+    let tx = shmbus::Sender::<T>::create(&name, &opts).unwrap();
+    let rx = shmbus::Receiver::<T>::open(&name, &opts).unwrap();
+    (tx, rx)
+}
+
 fn check(what: &str, allocations: u64) {
     assert_eq!(
         allocations, 0,
@@ -133,11 +143,7 @@ fn check(what: &str, allocations: u64) {
 #[test]
 fn no_allocation_per_message_in_steady_state() {
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
-    let name = format!("zero-alloc-{}", std::process::id());
-    let mut opts = shmbus::Options::new();
-    opts.capacity(256);
-    let tx = shmbus::Sender::<Tick>::create(&name, &opts).unwrap();
-    let rx = shmbus::Receiver::<Tick>::open(&name, &opts).unwrap();
+    let (tx, rx) = shm_channel::<Tick>("zero-alloc");
     let n = allocations_per_run(tx, rx, send_tick_loan_or_copy, |m| m.seq);
     check("shared memory", n);
 }
@@ -147,11 +153,7 @@ fn no_allocation_per_message_in_steady_state() {
 #[test]
 fn no_allocation_per_small_serialized_message() {
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
-    let name = format!("zero-alloc-serde-{}", std::process::id());
-    let mut opts = shmbus::Options::new();
-    opts.capacity(256);
-    let tx = shmbus::Sender::<Event>::create(&name, &opts).unwrap();
-    let rx = shmbus::Receiver::<Event>::open(&name, &opts).unwrap();
+    let (tx, rx) = shm_channel::<Event>("zero-alloc-serde");
     let n = allocations_per_run(
         tx,
         rx,
